@@ -1,0 +1,11 @@
+"""SegFlow data: files -> validated TFRecord shards -> tf.data pipeline.
+
+Modules (import the one you need; nothing here has import side effects):
+  sources   find frame/mask pairs in each layout
+  validate  check and convert one pair (Pillow only; runs in worker processes)
+  prepare   split, validate, write shards + manifest atomically
+  records   the TFRecord schema and manifest: encode, parse, list shards
+  augment   joint image/mask augmentation with one seed per example
+  pipeline  make_dataset(): the tf.data input pipeline
+  synthetic a deterministic built-in dataset
+"""

@@ -1,0 +1,166 @@
+"""The one place that knows the TFRecord schema and the manifest layout.
+
+Everything else reads and writes examples through `encode_example`,
+`parse_example` and `load_manifest`, so a feature key never appears twice.
+
+Data contract after parsing (until the batch reaches Keras):
+    {"image": uint8[H, W, C], "mask": uint8[H, W, 1], "id": string}
+"""
+
+import hashlib
+import json
+import os
+
+import tensorflow as tf
+
+SCHEMA_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+# Feature keys: defined here and nowhere else.
+_IMAGE = "image/encoded"
+_IMAGE_FORMAT = "image/format"
+_HEIGHT = "image/height"
+_WIDTH = "image/width"
+_CHANNELS = "image/channels"
+_MASK = "mask/encoded"
+_ID = "example/id"
+
+_FEATURES = {
+    _IMAGE: tf.io.FixedLenFeature([], tf.string),
+    _IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string),
+    _HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+    _WIDTH: tf.io.FixedLenFeature([], tf.int64),
+    _CHANNELS: tf.io.FixedLenFeature([], tf.int64),
+    _MASK: tf.io.FixedLenFeature([], tf.string),
+    _ID: tf.io.FixedLenFeature([], tf.string),
+}
+
+
+class RecordsError(ValueError):
+    """Raised for a missing, corrupt or unsafe records folder; names the file."""
+
+
+def _bytes(value):
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int(value):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
+
+
+def encode_example(example_id, image_bytes, image_format, height, width, channels, mask_png):
+    """Serialises one pair. The frame keeps its original encoding (no re-encode)."""
+    features = {
+        _IMAGE: _bytes(image_bytes),
+        _IMAGE_FORMAT: _bytes(image_format.encode()),
+        _HEIGHT: _int(height),
+        _WIDTH: _int(width),
+        _CHANNELS: _int(channels),
+        _MASK: _bytes(mask_png),
+        _ID: _bytes(example_id.encode()),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def parse_raw(serialized):
+    """Serialized example -> dict of still-encoded fields (the decoder stage's input)."""
+    parsed = tf.io.parse_single_example(serialized, _FEATURES)
+    return {
+        "image_bytes": parsed[_IMAGE],
+        "channels": parsed[_CHANNELS],
+        "mask_bytes": parsed[_MASK],
+        "id": parsed[_ID],
+    }
+
+
+def decode(raw, channels=0):
+    """Encoded fields -> {"image": uint8[H,W,C], "mask": uint8[H,W,1], "id"}.
+
+    `channels=0` keeps the stored channel count; 1 or 3 converts.
+    """
+    image = tf.io.decode_image(raw["image_bytes"], channels=channels, dtype=tf.uint8,
+                               expand_animations=False)
+    mask = tf.io.decode_png(raw["mask_bytes"], channels=1, dtype=tf.uint8)
+    return {"image": image, "mask": mask, "id": raw["id"]}
+
+
+def parse_example(serialized, channels=0):
+    """Serialized example -> uint8 image and mask plus id."""
+    return decode(parse_raw(serialized), channels)
+
+
+# ---------------------------------------------------------------------------
+# Manifest
+
+
+def sha256_of(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_manifest(records_dir):
+    path = os.path.join(records_dir, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        raise RecordsError(
+            f"{path}: no manifest. Point --data_dir at a folder written by "
+            "tools/prepare_dataset.py.")
+    try:
+        with open(path) as handle:
+            manifest = json.load(handle)
+    except (OSError, json.JSONDecodeError) as err:
+        raise RecordsError(f"{path}: unreadable manifest ({err}). Re-run tools/prepare_dataset.py.")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise RecordsError(
+            f"{path}: schema_version {manifest.get('schema_version')!r}, this SegFlow reads "
+            f"{SCHEMA_VERSION}. Re-run tools/prepare_dataset.py.")
+    return manifest
+
+
+def _safe_shard_path(records_dir, name):
+    # A manifest is data, not a command: never let it point outside its folder.
+    if os.path.isabs(name) or os.path.normpath(name) != name or name.startswith(".."):
+        raise RecordsError(
+            f"{os.path.join(records_dir, MANIFEST_NAME)}: shard name {name!r} is not a plain "
+            "file name inside the records folder; refusing to read it.")
+    return os.path.join(records_dir, name)
+
+
+def list_shards(records_dir, split, manifest=None, verify=False):
+    """Shard paths of one split, checked to exist (and, with verify, their sha256)."""
+    manifest = manifest or load_manifest(records_dir)
+    splits = manifest["splits"]
+    if split not in splits:
+        raise RecordsError(
+            f"{os.path.join(records_dir, MANIFEST_NAME)}: no split {split!r}; it has "
+            f"{sorted(splits)}.")
+    paths = []
+    for shard in splits[split]["shards"]:
+        path = _safe_shard_path(records_dir, shard["file"])
+        if not os.path.isfile(path):
+            raise RecordsError(f"{path}: listed in the manifest but missing. Re-run "
+                               "tools/prepare_dataset.py.")
+        if verify and sha256_of(path) != shard["sha256"]:
+            raise RecordsError(f"{path}: sha256 does not match the manifest (corrupt or "
+                               "changed shard). Re-run tools/prepare_dataset.py.")
+        paths.append(path)
+    return paths
+
+
+def compression_of(manifest):
+    return manifest.get("compression") or ""
+
+
+def read_split(records_dir, split, channels=0):
+    """Eager convenience for tools and tests: a list of decoded numpy examples, in order."""
+    manifest = load_manifest(records_dir)
+    paths = list_shards(records_dir, split, manifest)
+    dataset = tf.data.TFRecordDataset(paths, compression_type=compression_of(manifest))
+    out = []
+    for serialized in dataset:
+        example = parse_example(serialized, channels)
+        out.append({"image": example["image"].numpy(), "mask": example["mask"].numpy(),
+                    "id": example["id"].numpy().decode()})
+    return out

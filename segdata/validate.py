@@ -1,0 +1,155 @@
+"""Checks and converts one frame/mask pair (runs in worker processes).
+
+Only Pillow and numpy here: worker processes must start fast and never touch
+TensorFlow. A bad pair returns an error string naming the file, never raises.
+"""
+
+import io
+import json
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Pillow refuses "decompression bombs" with a warning-as-error; real
+# segmentation frames can be large, so only absurd sizes are refused.
+Image.MAX_IMAGE_PIXELS = 20000 * 20000
+
+MIN_SIDE = 4
+MASK_KINDS = ("auto", "binary", "index", "palette", "rgb")
+
+
+def load_palette(path):
+    """JSON {"#rrggbb" or "r,g,b": class_index} -> {(r, g, b): class_index}."""
+    with open(path) as handle:
+        raw = json.load(handle)
+    palette = {}
+    for colour, index in raw.items():
+        text = colour.strip()
+        if text.startswith("#") and len(text) == 7:
+            rgb = tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))
+        else:
+            rgb = tuple(int(part) for part in text.split(","))
+        if len(rgb) != 3:
+            raise ValueError(f"{path}: colour {colour!r} is neither '#rrggbb' nor 'r,g,b'")
+        palette[rgb] = int(index)
+    return palette
+
+
+def _open(path, data):
+    image = Image.open(io.BytesIO(data))
+    image.load()  # decodes every pixel: catches truncated files, not just bad headers
+    return image
+
+
+def _frame_payload(image, data, resize):
+    """Returns (bytes, format, channels); keeps the original bytes when TF can decode them."""
+    fmt = (image.format or "").upper()
+    keep = resize is None and fmt in ("PNG", "JPEG") and image.mode in ("L", "RGB")
+    if keep:
+        return data, fmt.lower(), 1 if image.mode == "L" else 3
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit grey: keep the top 8 bits, which is what a uint8 pipeline can carry.
+        array = np.asarray(image, dtype=np.uint32)
+        array = (array >> 8).astype(np.uint8) if array.max() > 255 else array.astype(np.uint8)
+        image = Image.fromarray(array, "L")
+    elif image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")  # CMYK, RGBA, palette, LA frames
+    if resize is not None:
+        image = image.resize((resize[1], resize[0]), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue(), "png", 1 if image.mode == "L" else 3
+
+
+def mask_to_indices(image, mask_kind, palette):
+    """PIL mask -> uint8 class indices, or raises ValueError saying why."""
+    if mask_kind == "rgb" or (mask_kind == "auto" and palette is not None):
+        if palette is None:
+            raise ValueError("mask_kind=rgb needs --palette=FILE.json (colour -> class)")
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint32)
+        keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        out = np.full(keys.shape, -1, dtype=np.int32)
+        for colour, index in palette.items():
+            out[keys == ((colour[0] << 16) | (colour[1] << 8) | colour[2])] = index
+        if (out < 0).any():
+            unknown = keys[out < 0][0]
+            raise ValueError(
+                f"colour #{int(unknown):06x} is not in the palette file; add it there")
+        return out.astype(np.uint8)
+    if image.mode == "P":
+        if mask_kind not in ("auto", "palette", "index"):
+            raise ValueError(f"palette PNG but --mask_kind={mask_kind}")
+        return np.asarray(image, dtype=np.uint8)  # palette indices, never the colours
+    if image.mode in ("RGB", "RGBA"):
+        rgb = np.asarray(image.convert("RGB"))
+        if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
+            raise ValueError("RGB colour mask: pass --palette=FILE.json mapping colours to classes")
+        array = rgb[..., 0]
+    else:
+        array = np.asarray(image)
+        if array.ndim == 3:
+            array = array[..., 0]
+    if array.max(initial=0) > 255 or array.min(initial=0) < 0:
+        raise ValueError(f"mask values up to {int(array.max())}: class indices must fit in 0..255")
+    array = array.astype(np.uint8)
+    if mask_kind == "binary" or (mask_kind == "auto" and np.isin(array, (0, 255)).all()):
+        values = np.unique(array)
+        if not np.isin(values, (0, 1, 255)).all():
+            raise ValueError(f"binary mask has values {values.tolist()}; expected 0/1 or 0/255")
+        return (array > 0).astype(np.uint8)
+    return array
+
+
+def check_pair(pair, options):
+    """pair: (id, frame_path, mask_path, split). Returns a result dict or {"error": ...}."""
+    example_id, frame_path, mask_path, split = pair
+    try:
+        with open(frame_path, "rb") as handle:
+            frame_data = handle.read()
+        if not frame_data:
+            return {"error": f"{frame_path}: empty file", "id": example_id}
+        frame = _open(frame_path, frame_data)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        return {"error": f"{frame_path}: unreadable or truncated image ({err})", "id": example_id}
+    try:
+        with open(mask_path, "rb") as handle:
+            mask_data = handle.read()
+        if not mask_data:
+            return {"error": f"{mask_path}: empty file", "id": example_id}
+        mask_image = _open(mask_path, mask_data)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        return {"error": f"{mask_path}: unreadable or truncated image ({err})", "id": example_id}
+    if frame.size != mask_image.size:
+        return {"error": f"{mask_path}: size {mask_image.size[0]}x{mask_image.size[1]} differs "
+                         f"from its frame {frame_path} ({frame.size[0]}x{frame.size[1]})",
+                "id": example_id}
+    if min(frame.size) < MIN_SIDE:
+        return {"error": f"{frame_path}: {frame.size[0]}x{frame.size[1]} is too small "
+                         f"(each side needs at least {MIN_SIDE} px)", "id": example_id}
+    try:
+        mask = mask_to_indices(mask_image, options["mask_kind"], options["palette"])
+    except ValueError as err:
+        return {"error": f"{mask_path}: {err}", "id": example_id}
+    counts = np.bincount(mask.ravel(), minlength=256)
+    num_classes, ignore = options["num_classes"], options["ignore_label"]
+    if num_classes:
+        bad = [v for v in np.flatnonzero(counts) if v >= num_classes and v != ignore]
+        if bad:
+            return {"error": f"{mask_path}: mask values {bad} outside [0, {num_classes}) and not "
+                             f"the ignore label {ignore}; fix the mask or --num_classes",
+                    "id": example_id}
+    try:
+        image_bytes, image_format, channels = _frame_payload(frame, frame_data, options["resize"])
+    except (OSError, ValueError) as err:
+        return {"error": f"{frame_path}: cannot convert ({err})", "id": example_id}
+    mask_out = Image.fromarray(mask, "L")
+    if options["resize"] is not None:
+        mask_out = mask_out.resize((options["resize"][1], options["resize"][0]), Image.NEAREST)
+    buffer = io.BytesIO()
+    mask_out.save(buffer, "PNG", compress_level=1)  # fast; masks compress well anyway
+    height, width = (options["resize"] or (frame.size[1], frame.size[0]))
+    return {
+        "id": example_id, "split": split, "image_bytes": image_bytes, "format": image_format,
+        "height": height, "width": width, "channels": channels,
+        "mask_png": buffer.getvalue(), "counts": counts,
+    }
