@@ -198,7 +198,7 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
 
     writer_options = tf.io.TFRecordOptions(compression_type=config.compression or None)
     state = {s: {"writer": None, "index": -1, "shards": [], "count": 0, "counts": None,
-                 "min": None, "max": None} for s in sources.SPLITS}
+                 "min": None, "max": None, "channels": 0} for s in sources.SPLITS}
     skipped = []
     progress = _Progress(len(ordered), config.progress)
 
@@ -230,6 +230,7 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
         entry["count"] += 1
         counts = result["counts"].astype(np.int64)
         entry["counts"] = counts if entry["counts"] is None else entry["counts"] + counts
+        entry["channels"] = max(entry["channels"], result["channels"])
         size = [result["height"], result["width"]]
         entry["min"] = size if entry["min"] is None else np.minimum(entry["min"], size).tolist()
         entry["max"] = size if entry["max"] is None else np.maximum(entry["max"], size).tolist()
@@ -245,7 +246,8 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
             shards.append({"file": final, "count": shard["count"],
                            "sha256": records.sha256_of(os.path.join(temp, final))})
         summary[split] = {"count": entry["count"], "shards": shards, "value_counts": entry["counts"],
-                          "min_size": entry["min"], "max_size": entry["max"]}
+                          "min_size": entry["min"], "max_size": entry["max"],
+                          "channels": entry["channels"]}
     return summary
 
 
@@ -254,6 +256,8 @@ def _manifest(config, layout, summary, skipped):
                  np.zeros(256, np.int64))
     present = [v for v in np.flatnonzero(totals) if v != config.ignore_label]
     num_classes = config.num_classes or max(2, (max(present) + 1) if present else 2)
+    # A mixed gray/RGB dataset is read as RGB; an all-gray one stays 1 channel (cheaper warps).
+    channels = max(entry.pop("channels") for entry in summary.values()) or 1
     splits = {}
     for split, entry in summary.items():
         counts = entry.pop("value_counts")
@@ -271,6 +275,7 @@ def _manifest(config, layout, summary, skipped):
         "class_names": list(config.class_names) or None,
         "ignore_label": config.ignore_label,
         "compression": config.compression,
+        "channels": channels,
         "resized_to": list(config.resize) if config.resize else None,
         "splits": splits,
         "skipped": skipped,

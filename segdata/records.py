@@ -149,6 +149,17 @@ def list_shards(records_dir, split, manifest=None, verify=False):
     return paths
 
 
+def find_corrupt_shards(records_dir, split):
+    """Shards of a split whose sha256 differs from the manifest (explains a DataLossError)."""
+    manifest = load_manifest(records_dir)
+    bad = []
+    for shard in manifest["splits"][split]["shards"]:
+        path = _safe_shard_path(records_dir, shard["file"])
+        if not os.path.isfile(path) or sha256_of(path) != shard["sha256"]:
+            bad.append(path)
+    return bad
+
+
 def compression_of(manifest):
     return manifest.get("compression") or ""
 

@@ -1,0 +1,210 @@
+"""Joint image/mask augmentation: one seed per example, one warp per example.
+
+Every geometric step (resize policy, flips, rotation, shear, zoom, shift,
+scale-crop) is a 3x3 matrix; they are multiplied into ONE matrix that
+`ImageProjectiveTransformV3` applies once to the image (bilinear) and once
+to the mask (nearest). Image and mask therefore always get the same geometry,
+masks never gain new values, and resizing costs no extra pass.
+
+Matrices map OUTPUT pixel coordinates to INPUT pixel coordinates (the
+convention of ImageProjectiveTransformV3), with pixel centres at +0.5.
+All randomness is stateless: each random draw is `fold_in(seed, k)` of the
+example's seed, so the same seed gives the same augmentation anywhere.
+"""
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+RESIZE_POLICIES = ("stretch", "pad", "crop")
+FILL_MODES = ("constant", "reflect", "nearest")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Each field is one train.py flag of the same name (prefixed `aug_`)."""
+    hflip: bool = False
+    vflip: bool = False
+    rotation: float = 0.0     # max degrees; angle ~ U[-rotation, rotation]
+    shear: float = 0.0        # max degrees of x-shear
+    zoom: float = 0.0         # scale ~ U[1 - zoom, 1 + zoom]; >1 magnifies
+    shift: float = 0.0        # translation ~ U[-shift, shift] * side
+    crop: float = 0.0         # random scale-crop: keep U[1 - crop, 1] of each side
+    brightness: float = 0.0   # add U[-b, b] * 255
+    contrast: float = 0.0     # scale around the mean by U[1 - c, 1 + c]
+    saturation: float = 0.0   # RGB only: factor U[1 - s, 1 + s]
+    hue: float = 0.0          # RGB only: shift U[-h, h] (fraction of the colour wheel)
+    noise: float = 0.0        # gaussian noise, stddev in grey levels
+    fill_mode: str = "constant"  # outside the image: constant (mask -> mask_fill), reflect, nearest
+
+    @property
+    def warps(self):
+        return any((self.rotation, self.shear, self.zoom, self.shift, self.crop))
+
+    @property
+    def photometric(self):
+        return any((self.brightness, self.contrast, self.saturation, self.hue, self.noise))
+
+    def __post_init__(self):
+        if self.fill_mode not in FILL_MODES:
+            raise ValueError(f"fill_mode={self.fill_mode!r}: expected one of {FILL_MODES}")
+        for name in ("rotation", "shear", "zoom", "shift", "crop", "brightness", "contrast",
+                     "saturation", "hue", "noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"aug_{name}={getattr(self, name)}: must be >= 0")
+        if self.zoom >= 1 or self.crop >= 1:
+            raise ValueError("aug_zoom and aug_crop must be < 1")
+
+
+def _uniform(seed, k, low, high):
+    return tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, k),
+                                       low, high, dtype=tf.float32)
+
+
+def _matrix(rows):
+    return tf.stack([tf.stack([tf.cast(v, tf.float32) for v in row]) for row in rows])
+
+
+def _translate(dx, dy):
+    return _matrix([[1, 0, dx], [0, 1, dy], [0, 0, 1]])
+
+
+def _scale(sx, sy):
+    return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]])
+
+
+def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False):
+    """Output pixel -> input pixel for the resize policy.
+
+    stretch: fill the output, ignoring aspect ratio (the classic recipe).
+    pad:     keep aspect, fit inside, pad the rest (fill value / mask_fill).
+    crop:    keep aspect, cover the output, crop: random offset in training, centred otherwise.
+    """
+    in_h, in_w = tf.cast(in_size[0], tf.float32), tf.cast(in_size[1], tf.float32)
+    out_h, out_w = float(out_size[0]), float(out_size[1])
+    if policy == "stretch":
+        sx, sy, ox, oy = in_w / out_w, in_h / out_h, 0.0, 0.0
+    elif policy == "pad":
+        s = tf.maximum(in_w / out_w, in_h / out_h)
+        sx = sy = s
+        ox, oy = -(out_w - in_w / s) / 2 * s, -(out_h - in_h / s) / 2 * s
+    elif policy == "crop":
+        s = tf.minimum(in_w / out_w, in_h / out_h)
+        sx = sy = s
+        fx, fy = (_uniform(seed, 101, 0, 1), _uniform(seed, 102, 0, 1)) if training else (0.5, 0.5)
+        ox, oy = (in_w - out_w * s) * fx, (in_h - out_h * s) * fy
+    else:
+        raise ValueError(f"resize policy {policy!r}: expected one of {RESIZE_POLICIES}")
+    # x_in = (x_out + 0.5) * sx - 0.5 + ox
+    return _translate(ox - 0.5, oy - 0.5) @ _scale(sx, sy) @ _translate(0.5, 0.5)
+
+
+def augmentation_matrix(seed, config, out_size):
+    """Output pixel -> pre-augmentation output pixel; random flips/rotation/shear/zoom/shift/crop."""
+    out_h, out_w = float(out_size[0]), float(out_size[1])
+    centre = _translate((out_w - 1) / 2, (out_h - 1) / 2)
+    uncentre = _translate(-(out_w - 1) / 2, -(out_h - 1) / 2)
+    m = tf.eye(3)
+    if config.hflip:
+        m = _scale(tf.where(_uniform(seed, 1, 0, 1) < 0.5, -1.0, 1.0), 1.0) @ m
+    if config.vflip:
+        m = _scale(1.0, tf.where(_uniform(seed, 2, 0, 1) < 0.5, -1.0, 1.0)) @ m
+    if config.zoom:
+        z = _uniform(seed, 3, 1 - config.zoom, 1 + config.zoom)
+        m = _scale(1 / z, 1 / z) @ m
+    if config.shear:
+        k = tf.tan(_uniform(seed, 4, -config.shear, config.shear) * (math.pi / 180))
+        m = _matrix([[1, k, 0], [0, 1, 0], [0, 0, 1]]) @ m
+    if config.rotation:
+        a = _uniform(seed, 5, -config.rotation, config.rotation) * (math.pi / 180)
+        c, s = tf.cos(a), tf.sin(a)
+        m = _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ m
+    if config.crop:
+        keep = _uniform(seed, 6, 1 - config.crop, 1.0)
+        slack = (1 - keep) / 2
+        m = _translate(_uniform(seed, 7, -slack, slack) * out_w,
+                       _uniform(seed, 8, -slack, slack) * out_h) @ _scale(keep, keep) @ m
+    if config.shift:
+        m = _translate(_uniform(seed, 9, -config.shift, config.shift) * out_w,
+                       _uniform(seed, 10, -config.shift, config.shift) * out_h) @ m
+    return centre @ m @ uncentre
+
+
+def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="constant"):
+    """images: (batch, h, w, c) any dtype the op takes (uint8 stays uint8); matrices: (batch, 3, 3)."""
+    matrices = tf.reshape(matrices, [-1, 9])
+    transforms = matrices[:, :8] / matrices[:, 8:9]
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms,
+        output_shape=tf.constant(out_size, tf.int32),
+        fill_value=tf.cast(fill_value, tf.float32),
+        interpolation=interpolation, fill_mode=fill_mode.upper())
+
+
+def photometric(image, seed, config):
+    """Image-only colour changes on a uint8 (h, w, c) image; returns uint8."""
+    x = tf.cast(image, tf.float32)
+    if config.brightness or config.contrast:
+        # brightness and contrast folded into one affine pass over the pixels
+        gain = _uniform(seed, 21, 1 - config.contrast, 1 + config.contrast) if config.contrast else 1.0
+        bias = _uniform(seed, 22, -config.brightness, config.brightness) * 255 if config.brightness else 0.0
+        mean = tf.reduce_mean(x) if config.contrast else 0.0
+        x = (x - mean) * gain + mean + bias
+    if image.shape[-1] == 3 and (config.saturation or config.hue):
+        x = tf.clip_by_value(x, 0, 255) / 255
+        if config.saturation:
+            x = tf.image.adjust_saturation(
+                x, _uniform(seed, 23, 1 - config.saturation, 1 + config.saturation))
+        if config.hue:
+            x = tf.image.adjust_hue(x, _uniform(seed, 24, -config.hue, config.hue))
+        x = x * 255
+    if config.noise:
+        x = x + tf.random.stateless_normal(tf.shape(x),
+                                           tf.random.experimental.stateless_fold_in(seed, 25),
+                                           stddev=config.noise)
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+
+
+def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
+                    mask_fill=255):
+    """(h, w, c) uint8 image and (h, w, 1) mask -> out_size, jointly augmented.
+
+    `config=None` (evaluation) applies only the resize policy.
+    """
+    config = config or AugmentConfig()
+    in_size = tf.shape(image)[:2]
+    geometric = training and (config.warps or config.hflip or config.vflip)
+    needs_warp = geometric or policy != "stretch"
+    if needs_warp:
+        matrix = resize_matrix(in_size, out_size, policy, seed, training)
+        if geometric:
+            matrix = matrix @ augmentation_matrix(seed, config, out_size)
+        image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode)[0]
+        mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill, config.fill_mode)[0]
+    else:
+        # Plain stretch: resize only when the size differs (pre-resized records skip it).
+        same = tf.reduce_all(tf.equal(in_size, out_size))
+        image, mask = tf.cond(
+            same, lambda: (image, mask),
+            lambda: (tf.cast(tf.round(tf.image.resize(image, out_size, antialias=False)), tf.uint8),
+                     tf.image.resize(mask, out_size, method="nearest")))
+    image = tf.ensure_shape(image, [out_size[0], out_size[1], None])
+    mask = tf.ensure_shape(mask, [out_size[0], out_size[1], 1])
+    if training and config.photometric:
+        image = photometric(image, seed, config)
+    return image, mask
+
+
+def augment_batch(images, masks, seeds, config, mask_fill=255):
+    """Device-side variant: (batch, H, W, c) already resized; one batched warp for all examples."""
+    out_size = tuple(int(v) for v in images.shape[1:3])
+    if config.warps or config.hflip or config.vflip:
+        matrices = tf.map_fn(lambda s: augmentation_matrix(s, config, out_size), seeds,
+                             fn_output_signature=tf.float32)
+        images = warp(images, matrices, out_size, "BILINEAR", 0, config.fill_mode)
+        masks = warp(masks, matrices, out_size, "NEAREST", mask_fill, config.fill_mode)
+    if config.photometric:
+        images = tf.map_fn(lambda args: photometric(args[0], args[1], config), (images, seeds),
+                           fn_output_signature=images.dtype)
+    return images, masks

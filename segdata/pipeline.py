@@ -1,0 +1,120 @@
+"""The tf.data input pipeline, read top to bottom:
+
+    shard files -> (worker shard) -> interleave TFRecordDataset -> parse -> decode
+    -> [cache] -> [shuffle -> repeat] -> enumerate (the per-example seed)
+    -> resize + augment (one warp) -> batch -> prefetch
+
+Images stay uint8 all the way: normalisation is the model's first layer, so the
+host sends a quarter of the bytes float32 would need and exported models take
+raw pixels.
+"""
+
+import tensorflow as tf
+
+from segdata import augment, records
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _sharded_files(files, input_context, shuffle, seed):
+    """FILE sharding when every input pipeline gets >= 1 shard, else DATA (see below)."""
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    by_file = input_context is not None and len(files) >= input_context.num_input_pipelines
+    if by_file:
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle:
+        dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    return dataset, by_file
+
+
+def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_config=None,
+                 shuffle=None, seed=0, repeat=None, cache=False, deterministic=None,
+                 input_context=None, resize="stretch", channels=0, mask_fill=255,
+                 shuffle_buffer=256, augment_on="host", with_ids=False, start_index=0,
+                 verify=False, skip_corrupt=False):
+    """Batches of (image uint8[B,H,W,C], mask uint8[B,H,W,1]) from a records folder.
+
+    Training defaults (split == "train"): shuffle, repeat, augment, drop the last
+    partial batch. Other splits: fixed order, every example exactly once.
+    `batch_size` is per input pipeline (use input_context.get_per_replica_batch_size).
+    `augment_on="device"` leaves only decode + resize here and yields each example's
+    seed as a third element for `augment.augment_batch` inside the train step.
+    `start_index` offsets the per-example seeds (a resumed run continues the stream).
+    `verify` checks every shard's sha256 first (names a corrupt file before training);
+    `skip_corrupt` drops unreadable records with a logged warning instead of failing.
+    """
+    training = split == "train"
+    shuffle = training if shuffle is None else shuffle
+    repeat = training if repeat is None else repeat
+    deterministic = True if deterministic is None else deterministic
+    out_size = tuple(int(v) for v in image_size)
+    if resize not in augment.RESIZE_POLICIES:
+        raise ValueError(f"resize={resize!r}: expected one of {augment.RESIZE_POLICIES}")
+    if augment_on not in ("host", "device"):
+        raise ValueError(f"augment_on={augment_on!r}: expected host or device")
+
+    manifest = records.load_manifest(records_dir)
+    files = records.list_shards(records_dir, split, manifest, verify=verify)
+    if not files:
+        raise records.RecordsError(f"{records_dir}: split {split!r} has no examples")
+    compression = records.compression_of(manifest)
+
+    dataset, by_file = _sharded_files(files, input_context, shuffle, seed)
+    dataset = dataset.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
+        cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic)
+    if input_context is not None and not by_file:
+        # Fewer shards than workers: every worker reads all files and keeps every n-th example.
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+
+    stored_channels = manifest.get("channels", 3)
+    decode = lambda raw: records.decode(records.parse_raw(raw), stored_channels)  # noqa: E731
+    dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if skip_corrupt:
+        dataset = dataset.ignore_errors(log_warning=True)
+    if cache:
+        dataset = dataset.cache()
+    if shuffle:
+        # shuffle before repeat: each epoch is a full permutation, no example twice per epoch
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    dataset = dataset.enumerate(start=start_index)
+
+    host_config = augment_config if (training and augment_on == "host") else None
+    want_channels = channels or stored_channels
+
+    def transform(index, example):
+        seed = tf.stack([tf.cast(seed_value, tf.int64), index])
+        image, mask = augment.augment_example(
+            example["image"], example["mask"], seed, out_size, host_config, resize,
+            training=training,
+            mask_fill=mask_fill)
+        if want_channels == 3 and image.shape[-1] == 1:
+            # expanded only after the warp: warping one channel costs a third of three
+            image = tf.image.grayscale_to_rgb(image)
+        elif want_channels == 1 and image.shape[-1] == 3:
+            image = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))),
+                            tf.uint8)
+        out = (image, mask)
+        if training and augment_on == "device":
+            out += (seed,)
+        if with_ids:
+            out += (example["id"],)
+        return out
+
+    seed_value = seed
+    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    dataset = dataset.batch(batch_size, drop_remainder=training and repeat,
+                            num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    if input_context is not None:
+        # We sharded above; stop tf.distribute from sharding a second time.
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def split_size(records_dir, split):
+    return records.load_manifest(records_dir)["splits"][split]["count"]

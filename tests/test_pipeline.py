@@ -1,0 +1,174 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from segdata import augment, pipeline, records
+
+WARP_CASES = {
+    "hflip": augment.AugmentConfig(hflip=True),
+    "vflip": augment.AugmentConfig(vflip=True),
+    "rotation": augment.AugmentConfig(rotation=30),
+    "shear": augment.AugmentConfig(shear=15),
+    "zoom": augment.AugmentConfig(zoom=0.3),
+    "shift": augment.AugmentConfig(shift=0.2),
+    "crop": augment.AugmentConfig(crop=0.5),
+    "all": augment.AugmentConfig(hflip=True, vflip=True, rotation=30, shear=10, zoom=0.2,
+                                 shift=0.1, crop=0.3),
+}
+
+
+def _smooth_image(seed, size=96):
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(0, 255, (3, 3)).astype(np.float32)
+    image = tf.image.resize(coarse[None, :, :, None], (size, size), method="bicubic")[0]
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+@pytest.mark.parametrize("name", sorted(WARP_CASES))
+@pytest.mark.parametrize("mode", ["eager", "dataset_map"])
+def test_joint_geometry_mask_follows_image(name, mode):
+    """The mask is a threshold of the image; after augmentation it must still be."""
+    config = WARP_CASES[name]
+    agree, changed = [], 0
+    for seed in range(6):
+        image = _smooth_image(seed)
+        mask = tf.cast(image > 128, tf.uint8)
+        run = lambda im, m, s: augment.augment_example(im, m, s, (96, 96), config, "stretch")  # noqa
+        key = tf.constant([7, seed], tf.int64)
+        if mode == "eager":
+            out_image, out_mask = run(image, mask, key)
+        else:
+            ds = tf.data.Dataset.from_tensors((image, mask, key)).map(run)
+            out_image, out_mask = next(iter(ds))
+        reference = (out_image.numpy() > 128).astype(np.uint8)
+        got = out_mask.numpy()
+        # away from borders: pixels >= 2 px from the fill region and from the output's edge
+        inside = np.pad(got[..., 0] != 255, 2, constant_values=False)
+        inside = np.min([np.roll(np.roll(inside, dy, 0), dx, 1)
+                         for dy in range(-2, 3) for dx in range(-2, 3)], axis=0)[2:-2, 2:-2, None]
+        agree.append((reference[inside] == got[inside]).mean())
+        plain = mask.numpy()
+        changed += int((plain != got).any())
+    assert min(agree) >= 0.99
+    assert changed >= 2, "the augmentation never changed anything"
+
+
+def test_hflip_matches_numpy_flip():
+    image = tf.constant(np.random.default_rng(0).integers(0, 255, (16, 20, 1), dtype=np.uint8))
+    mask = tf.constant(np.random.default_rng(1).integers(0, 3, (16, 20, 1), dtype=np.uint8))
+    config = augment.AugmentConfig(hflip=True)
+    flipped = 0
+    for seed in range(8):
+        out_image, out_mask = augment.augment_example(image, mask, tf.constant([0, seed], tf.int64),
+                                                      (16, 20), config)
+        if np.array_equal(out_mask.numpy(), mask.numpy()[:, ::-1]):
+            flipped += 1
+            np.testing.assert_array_equal(out_image.numpy(), image.numpy()[:, ::-1])
+        else:
+            np.testing.assert_array_equal(out_image.numpy(), image.numpy())
+    assert 0 < flipped < 8
+
+
+@pytest.mark.parametrize("policy", augment.RESIZE_POLICIES)
+def test_resize_policies_shapes_and_mask_values(binary_records, policy):
+    ds = pipeline.make_dataset(binary_records, "val", 3, image_size=(40, 56), resize=policy,
+                               channels=3)
+    for image, mask in ds:
+        assert image.dtype == tf.uint8 and mask.dtype == tf.uint8
+        assert image.shape[1:] == (40, 56, 3) and mask.shape[1:] == (40, 56, 1)
+        values = set(np.unique(mask.numpy()).tolist())
+        assert values <= {0, 1, 255}
+        if policy == "pad":
+            assert 255 in values  # 64x64 into 40x56 leaves padded columns = ignore label
+        else:
+            assert 255 not in values
+
+
+def test_augmented_mask_values_subset(multiclass_records):
+    config = augment.AugmentConfig(hflip=True, rotation=40, zoom=0.3, shear=10, brightness=0.2,
+                                   contrast=0.2, saturation=0.3, hue=0.05, noise=5)
+    ds = pipeline.make_dataset(multiclass_records, "train", 4, image_size=(32, 32),
+                               augment_config=config, seed=3)
+    for image, mask in ds.take(5):
+        assert set(np.unique(mask.numpy()).tolist()) <= {0, 1, 2, 3, 255}
+        assert image.shape == (4, 32, 32, 3)
+
+
+def test_determinism_and_seed_sensitivity(binary_records):
+    config = augment.AugmentConfig(hflip=True, rotation=20, brightness=0.1, noise=3)
+    make = lambda seed: pipeline.make_dataset(binary_records, "train", 4, image_size=(32, 32),  # noqa
+                                              augment_config=config, seed=seed)
+    first = [b[0].numpy() for b in make(5).take(3)]
+    again = [b[0].numpy() for b in make(5).take(3)]
+    other = [b[0].numpy() for b in make(6).take(3)]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+    # epochs differ: the stream keeps going with new seeds, so epoch 2 is not epoch 1 again
+    steps = 28 // 4
+    stream = [b[0].numpy() for b in make(5).take(2 * steps)]
+    assert not all(np.array_equal(stream[i], stream[i + steps]) for i in range(steps))
+
+
+def test_eval_split_yields_every_example_once(binary_records):
+    ds = pipeline.make_dataset(binary_records, "val", 3, image_size=(64, 64), with_ids=True)
+    ids = [i.decode() for batch in ds for i in batch[2].numpy()]
+    expected = [e["id"] for e in records.read_split(binary_records, "val")]
+    assert ids == expected and len(ids) == 8
+
+
+def test_device_augmentation_matches_shapes(binary_records):
+    config = augment.AugmentConfig(hflip=True, rotation=20)
+    ds = pipeline.make_dataset(binary_records, "train", 4, image_size=(48, 48),
+                               augment_config=config, augment_on="device")
+    images, masks, seeds = next(iter(ds))
+    out_images, out_masks = tf.function(augment.augment_batch)(images, masks, seeds, config)
+    assert out_images.shape == images.shape and out_masks.shape == masks.shape
+    assert not np.array_equal(out_masks.numpy(), masks.numpy())
+    assert set(np.unique(out_masks.numpy()).tolist()) <= {0, 1, 255}
+
+
+def test_worker_sharding_partitions_examples(binary_records):
+    seen = []
+    for worker in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
+        ds = pipeline.make_dataset(binary_records, "val", 2, image_size=(64, 64), with_ids=True,
+                                   input_context=context)
+        seen.append([i.decode() for b in ds for i in b[2].numpy()])
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(e["id"] for e in records.read_split(binary_records, "val"))
+
+
+def test_corrupt_shard_and_missing_manifest(binary_records, tmp_path):
+    bad = str(tmp_path / "bad")
+    shutil.copytree(binary_records, bad)
+    shard = os.path.join(bad, "train-00000-of-00001.tfrecord")
+    data = bytearray(open(shard, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(shard, "wb").write(bytes(data))
+    with pytest.raises(records.RecordsError, match="train-00000-of-00001.tfrecord"):
+        pipeline.make_dataset(bad, "train", 2, image_size=(32, 32), verify=True)
+    assert records.find_corrupt_shards(bad, "train") == [shard]
+    with pytest.raises(tf.errors.DataLossError):
+        for _ in pipeline.make_dataset(bad, "train", 2, image_size=(32, 32), repeat=False):
+            pass
+    survived = sum(b[0].shape[0] for b in pipeline.make_dataset(
+        bad, "train", 1, image_size=(32, 32), repeat=False, shuffle=False, skip_corrupt=True))
+    assert 0 < survived < 28
+    with pytest.raises(records.RecordsError, match="manifest.json"):
+        pipeline.make_dataset(str(tmp_path), "train", 2)
+
+
+def test_manifest_cannot_escape_records_folder(binary_records, tmp_path):
+    import json
+    evil = str(tmp_path / "evil")
+    shutil.copytree(binary_records, evil)
+    path = os.path.join(evil, "manifest.json")
+    manifest = json.load(open(path))
+    manifest["splits"]["train"]["shards"][0]["file"] = "../outside.tfrecord"
+    json.dump(manifest, open(path, "w"))
+    with pytest.raises(records.RecordsError, match="refusing"):
+        records.list_shards(evil, "train")
