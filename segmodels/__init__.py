@@ -1,0 +1,29 @@
+"""SegFlow models, losses and metrics, written with keras.* only (any Keras 3 backend).
+
+Models output float32 LOGITS: 1 channel for binary tasks (sigmoid), num_classes
+channels otherwise (softmax). Losses and metrics take logits.
+"""
+from segmodels import fcn, losses, metrics, unet
+
+MODELS = {
+    "unet": unet.build_unet,
+    "fcn32s": fcn.build_fcn32s,
+    "fcn16s": fcn.build_fcn16s,
+    "fcn8s": fcn.build_fcn8s,
+}
+
+LOSSES = {"dice": "dice", "ce": "ce", "dice_ce": "dice_ce", "focal": "focal"}
+
+
+def build_model(name, input_shape, num_classes, **options):
+    if name not in MODELS:
+        raise ValueError(f"--model={name!r}: expected one of {sorted(MODELS)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes={num_classes}: need at least 2 (background + one class)")
+    return MODELS[name](tuple(input_shape), num_classes, **options)
+
+
+def build_loss(name, ignore_label=255, class_weights=None):
+    if name not in LOSSES:
+        raise ValueError(f"--loss={name!r}: expected one of {sorted(LOSSES)}")
+    return losses.SegmentationLoss(LOSSES[name], ignore_label, class_weights)

@@ -1,0 +1,126 @@
+"""Segmentation losses on logits, ignore-aware, computed in float32.
+
+Conventions (shared with the models and metrics):
+- y_true: integer class indices (batch, H, W, 1); pixels equal to `ignore_label`
+  count nowhere.
+- y_pred: logits (batch, H, W, C). C == 1 means a binary task (sigmoid); it is
+  treated as two classes [background, foreground] so Dice is a mean over both,
+  which keeps a minority background (e.g. membranes) from being ignored.
+Each loss returns one scalar for the batch: Dice is not a per-pixel sum, so it is
+computed over the whole (per-replica) batch.
+"""
+import keras
+from keras import ops
+
+EPSILON = 1.0
+
+
+def _valid_and_labels(y_true, ignore_label):
+    y_true = ops.cast(y_true, "int32")
+    if len(y_true.shape) == 4:
+        y_true = ops.squeeze(y_true, -1)
+    valid = ops.not_equal(y_true, ignore_label)
+    return ops.cast(valid, "float32"), ops.where(valid, y_true, 0)
+
+
+def class_probabilities(logits):
+    """(B,H,W,C) logits -> (B,H,W,K) probabilities with K = max(C, 2)."""
+    logits = ops.cast(logits, "float32")
+    if logits.shape[-1] == 1:
+        p = ops.sigmoid(logits)
+        return ops.concatenate([1 - p, p], axis=-1)
+    return ops.softmax(logits, axis=-1)
+
+
+def class_log_probabilities(logits):
+    logits = ops.cast(logits, "float32")
+    if logits.shape[-1] == 1:
+        return ops.concatenate([ops.log_sigmoid(-logits), ops.log_sigmoid(logits)], axis=-1)
+    return ops.log_softmax(logits, axis=-1)
+
+
+def per_class_soft_dice(y_true, logits, ignore_label=255, epsilon=EPSILON):
+    """Soft Dice per class over the batch; empty prediction on empty mask gives 1."""
+    valid, labels = _valid_and_labels(y_true, ignore_label)
+    probs = class_probabilities(logits)
+    onehot = ops.one_hot(labels, probs.shape[-1], dtype="float32")
+    valid = valid[..., None]
+    probs, onehot = probs * valid, onehot * valid
+    axes = (0, 1, 2)
+    intersection = ops.sum(probs * onehot, axis=axes)
+    denominator = ops.sum(probs, axis=axes) + ops.sum(onehot, axis=axes)
+    return (2 * intersection + epsilon) / (denominator + epsilon)
+
+
+def _weighted_mean(values, weights):
+    if weights is None:
+        return ops.mean(values)
+    weights = ops.convert_to_tensor(weights, "float32")
+    return ops.sum(values * weights) / ops.sum(weights)
+
+
+def dice_loss(y_true, logits, ignore_label=255, class_weights=None, epsilon=EPSILON):
+    return 1 - _weighted_mean(per_class_soft_dice(y_true, logits, ignore_label, epsilon),
+                              class_weights)
+
+
+def cross_entropy(y_true, logits, ignore_label=255, class_weights=None):
+    """Mean over non-ignored pixels of -log p(true class) (optionally class-weighted)."""
+    valid, labels = _valid_and_labels(y_true, ignore_label)
+    log_probs = class_log_probabilities(logits)
+    onehot = ops.one_hot(labels, log_probs.shape[-1], dtype="float32")
+    nll = -ops.sum(onehot * log_probs, axis=-1)
+    weight = valid
+    if class_weights is not None:
+        weight = weight * ops.sum(onehot * ops.convert_to_tensor(class_weights, "float32"), -1)
+    return ops.sum(nll * weight) / ops.maximum(ops.sum(weight), 1e-6)
+
+
+def focal(y_true, logits, ignore_label=255, class_weights=None, gamma=2.0):
+    """Focal loss (Lin et al.): CE scaled by (1 - p_true)^gamma, mean over valid pixels."""
+    valid, labels = _valid_and_labels(y_true, ignore_label)
+    log_probs = class_log_probabilities(logits)
+    onehot = ops.one_hot(labels, log_probs.shape[-1], dtype="float32")
+    log_pt = ops.sum(onehot * log_probs, axis=-1)
+    loss = -((1 - ops.exp(log_pt)) ** gamma) * log_pt
+    weight = valid
+    if class_weights is not None:
+        weight = weight * ops.sum(onehot * ops.convert_to_tensor(class_weights, "float32"), -1)
+    return ops.sum(loss * weight) / ops.maximum(ops.sum(weight), 1e-6)
+
+
+def dice_ce(y_true, logits, ignore_label=255, class_weights=None):
+    return (dice_loss(y_true, logits, ignore_label, class_weights)
+            + cross_entropy(y_true, logits, ignore_label, class_weights))
+
+
+_FUNCTIONS = {"dice": dice_loss, "ce": cross_entropy, "dice_ce": dice_ce, "focal": focal}
+
+
+@keras.saving.register_keras_serializable(package="segflow")
+class SegmentationLoss(keras.losses.Loss):
+    """Keras wrapper so the losses also work with model.compile and serialise by name."""
+
+    def __init__(self, kind="dice", ignore_label=255, class_weights=None, name=None,
+                 reduction="sum_over_batch_size", dtype=None):
+        if kind not in _FUNCTIONS:
+            raise ValueError(f"loss {kind!r}: expected one of {sorted(_FUNCTIONS)}")
+        super().__init__(name=name or f"{kind}_loss", reduction=reduction, dtype=dtype)
+        self.kind, self.ignore_label = kind, ignore_label
+        self.class_weights = list(class_weights) if class_weights is not None else None
+
+    def call(self, y_true, y_pred):
+        return _FUNCTIONS[self.kind](y_true, y_pred, self.ignore_label, self.class_weights)
+
+    def get_config(self):
+        return {"kind": self.kind, "ignore_label": self.ignore_label,
+                "class_weights": self.class_weights, "name": self.name}
+
+
+def class_weights_from_pixels(class_pixels):
+    """Median-frequency balancing from the manifest's per-class pixel counts."""
+    total = sum(class_pixels)
+    freqs = [c / total if c else 0.0 for c in class_pixels]
+    present = sorted(f for f in freqs if f > 0)
+    median = present[len(present) // 2]
+    return [median / f if f > 0 else 0.0 for f in freqs]
