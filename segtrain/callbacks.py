@@ -1,0 +1,62 @@
+"""Callbacks for the custom loop: the classic recipe's checkpoints and early stop,
+plus TensorBoard scalars with a few validation images."""
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def monitor_mode(monitor, mode="auto"):
+    """min for losses, max for Dice/IoU/accuracy, unless given."""
+    if mode != "auto":
+        return mode
+    return "min" if "loss" in monitor else "max"
+
+
+class TensorBoardImages(keras.callbacks.Callback):
+    """Epoch scalars and, for a few validation images, the predicted and true masks."""
+
+    def __init__(self, log_dir, images, masks):
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(log_dir)
+        self.images, self.masks = images, masks
+
+    def on_epoch_end(self, epoch, logs=None):
+        logits = self.model(self.images, training=False)
+        if logits.shape[-1] == 1:
+            pred = tf.cast(logits > 0, tf.float32)
+        else:
+            pred = tf.cast(tf.argmax(logits, -1), tf.float32)[..., None]
+        scale = float(max(1, logits.shape[-1] - 1)) if logits.shape[-1] > 1 else 1.0
+        truth = tf.cast(tf.where(self.masks == 255, 0, self.masks), tf.float32) / scale
+        with self.writer.as_default(step=epoch + 1):
+            for key, value in (logs or {}).items():
+                tf.summary.scalar(key, value)
+            image = tf.cast(self.images, tf.float32) / 255.0
+            if image.shape[-1] == 1:
+                image = tf.image.grayscale_to_rgb(image)
+            tf.summary.image("val/image", image, max_outputs=4)
+            tf.summary.image("val/predicted_mask", pred / scale, max_outputs=4)
+            tf.summary.image("val/true_mask", truth, max_outputs=4)
+        self.writer.flush()
+
+
+def make_callbacks(model_dir, monitor, mode, patience, min_delta, is_chief, resumed,
+                   sample_images=None):
+    """EarlyStopping on every worker (they see the same logs); files on the chief only."""
+    mode = monitor_mode(monitor, mode)
+    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience,
+                                               min_delta=min_delta, restore_best_weights=False)]
+    if is_chief:
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "best.keras"), monitor=monitor,
+                                            mode=mode, save_best_only=True),
+            keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "latest.weights.h5"),
+                                            save_weights_only=True),
+            keras.callbacks.CSVLogger(os.path.join(model_dir, "log.csv"), append=resumed),
+        ]
+        if sample_images is not None:
+            callbacks.append(TensorBoardImages(os.path.join(model_dir, "tensorboard"),
+                                               *sample_images))
+    return callbacks

@@ -1,0 +1,93 @@
+"""Which tf.distribute strategy and which precision policy a run uses, and who is chief."""
+import json
+import os
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def split_cpu(count):
+    """Expose `count` logical CPU devices (tests MirroredStrategy for real without GPUs)."""
+    if count > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+
+
+def cluster_resolver():
+    """TF_CONFIG when set, else SLURM's environment (srun), else None."""
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID"):
+        return tf.distribute.cluster_resolver.SlurmClusterResolver()
+    return None
+
+
+def make_strategy(name, logical_cpus=0):
+    """Must run before any other TF op (MultiWorkerMirroredStrategy's rule)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"--strategy={name!r}: expected one of {STRATEGIES}")
+    if name == "multi_worker":
+        resolver = cluster_resolver()
+        if resolver is None:
+            raise ValueError("--strategy=multi_worker needs TF_CONFIG or a SLURM job environment "
+                             "(see tools/launch_local.py and tools/submit.py)")
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
+    split_cpu(logical_cpus)
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored":
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if name == "auto" and len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def choose_precision(name):
+    """auto: mixed_float16 on GPUs with compute capability >= 7.0 (tensor cores), else float32."""
+    if name not in PRECISIONS:
+        raise ValueError(f"--mixed_precision={name!r}: expected one of {PRECISIONS}")
+    if name != "auto":
+        return name
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if capability and capability >= (7, 0):
+            return "mixed_float16"
+    return "float32"
+
+
+def set_precision(policy):
+    keras.mixed_precision.set_dtype_policy(policy)
+    logging.info("precision policy: %s", policy)
+
+
+def task_info(strategy):
+    """(task_type, task_id, is_chief) for any strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return None, 0, True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    cluster = resolver.cluster_spec().as_dict()
+    is_chief = (task_type == "chief" or (task_type == "worker" and task_id == 0
+                                          and "chief" not in cluster))
+    return task_type, task_id, is_chief
+
+
+def worker_dir(path, strategy):
+    """Chief writes to `path`; other workers to a private temp folder (their saves are
+    collective ops too, so they must save, just somewhere nobody reads)."""
+    task_type, task_id, is_chief = task_info(strategy)
+    if is_chief:
+        return path
+    return os.path.join(path, f".worker_{task_type}_{task_id}")
+
+
+def describe(strategy):
+    return json.dumps({"strategy": type(strategy).__name__,
+                       "replicas": strategy.num_replicas_in_sync})
