@@ -1,0 +1,188 @@
+"""Training and inference speed of a model: images/s and step-time percentiles.
+
+    python tools/benchmark_train.py --model=unet --image_size=512 --batch_size=8 \
+        --precision=float32,mixed --input=synthetic [--json]
+    python tools/benchmark_train.py --input=synthetic,records --data_dir=RECORDS   # TF backend
+
+--input=synthetic keeps one random batch on the device: the device's own speed.
+--input=records runs the real tf.data pipeline end to end (TensorFlow backend only);
+with both, the records/synthetic ratio says whether the input pipeline is the
+bottleneck. Under KERAS_BACKEND=jax only synthetic input works, and TensorFlow is
+never imported (the GPU machines this was measured on have JAX but no TensorFlow).
+"""
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+import _bootstrap  # noqa: F401
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "unet", "segmodels.MODELS key.")
+flags.DEFINE_string("image_size", "512", "'512' or 'H,W'.")
+flags.DEFINE_integer("batch_size", 8, "Batch size.")
+flags.DEFINE_integer("channels", 3, "Input channels (synthetic input).")
+flags.DEFINE_integer("num_classes", 2, "Classes (2: one sigmoid channel).")
+flags.DEFINE_list("precision", ["float32"], "Any of float32, mixed (mixed_float16 on GPU, "
+                  "mixed_bfloat16 on CPU), mixed_float16, mixed_bfloat16.")
+flags.DEFINE_list("input", ["synthetic"], "synthetic and/or records.")
+flags.DEFINE_string("data_dir", "", "Records folder for --input=records.")
+flags.DEFINE_list("jit", ["on"], "XLA on and/or off.")
+flags.DEFINE_list("mode", ["train", "infer"], "train and/or infer.")
+flags.DEFINE_integer("steps", 20, "Timed steps.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation).")
+flags.DEFINE_integer("base_filters", 64, "UNet width.")
+flags.DEFINE_integer("depth", 4, "UNet depth.")
+flags.DEFINE_integer("fc_filters", 4096, "FCN fc6/fc7 width.")
+flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+flags.DEFINE_string("output", "", "Also write the JSON here.")
+
+
+def _backend():
+    import keras
+    return keras.backend.backend()
+
+
+def _on_gpu():
+    if _backend() == "jax":
+        import jax
+        return any(d.platform == "gpu" for d in jax.devices())
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _policy(name):
+    if name == "mixed":
+        return "mixed_float16" if _on_gpu() else "mixed_bfloat16"
+    return name
+
+
+def conv_flops(model):
+    """Forward multiply-adds x 2 of every Conv2D/Conv2DTranspose, per image."""
+    import keras
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            kh, kw = layer.kernel_size
+            cin = layer.input.shape[-1]
+            if isinstance(layer, keras.layers.Conv2DTranspose):
+                h, w = layer.input.shape[1:3]  # each input pixel scatters a full kernel
+            else:
+                h, w = layer.output.shape[1:3]
+            total += 2 * h * w * kh * kw * cin * layer.filters
+    return total
+
+
+def _percentiles(times):
+    import numpy as np
+    ms = np.asarray(times) * 1000
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
+def _time(step, steps, warmup):
+    for _ in range(warmup):
+        step()
+    times = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return time.perf_counter() - start, times
+
+
+def _sync(value):
+    """Blocks until the device finished (every backend: fetch to host)."""
+    import keras
+    return keras.ops.convert_to_numpy(value)
+
+
+def run_case(precision, source, jit, mode, image_size):
+    import keras
+    import numpy as np
+
+    import segmodels
+    keras.mixed_precision.set_dtype_policy(precision)
+    keras.utils.set_random_seed(0)
+    options = {"unet": dict(base_filters=FLAGS.base_filters, depth=FLAGS.depth)}.get(
+        FLAGS.model, dict(fc_filters=FLAGS.fc_filters))
+    shape = image_size + (FLAGS.channels,)
+    model = segmodels.build_model(FLAGS.model, shape, FLAGS.num_classes, **options)
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=segmodels.build_loss("dice"),
+                  jit_compile=jit)
+    rng = np.random.default_rng(0)
+    batch = FLAGS.batch_size
+    if source == "synthetic":
+        images = keras.ops.convert_to_tensor(
+            rng.integers(0, 255, (batch,) + shape).astype("uint8"))
+        masks = keras.ops.convert_to_tensor(
+            rng.integers(0, 2, (batch,) + image_size + (1,)).astype("int32"))
+        next_batch = lambda: (images, masks)  # noqa: E731
+    else:
+        from segdata import augment, pipeline
+        dataset = pipeline.make_dataset(
+            FLAGS.data_dir, "train", batch, image_size,
+            augment.AugmentConfig(hflip=True), channels=FLAGS.channels)
+        iterator = iter(dataset)
+        next_batch = lambda: next(iterator)  # noqa: E731
+    if mode == "train":
+        step = lambda: model.train_on_batch(*next_batch())  # noqa: E731  (returns host loss: synced)
+    else:
+        step = lambda: _sync(model.predict_on_batch(next_batch()[0]))  # noqa: E731
+    total, times = _time(step, FLAGS.steps, FLAGS.warmup)
+    flops = conv_flops(model) * (3 if mode == "train" else 1)
+    images_per_s = batch * FLAGS.steps / total
+    keras.mixed_precision.set_dtype_policy("float32")
+    return dict(model=FLAGS.model, image_size=list(image_size), batch_size=batch,
+                precision=precision, input=source, xla=jit, mode=mode,
+                images_per_s=images_per_s, tflop_per_image=flops / 1e12,
+                achieved_tflops=images_per_s * flops / 1e12, **_percentiles(times))
+
+
+def main(argv):
+    del argv
+    size = [int(v) for v in FLAGS.image_size.split(",")]
+    image_size = tuple(size * 2 if len(size) == 1 else size)
+    if "records" in FLAGS.input and (_backend() != "tensorflow" or not FLAGS.data_dir):
+        sys.stderr.write("benchmark_train: --input=records needs the TensorFlow backend and "
+                         "--data_dir\n")
+        return 1
+    results = []
+    for precision in FLAGS.precision:
+        for source in FLAGS.input:
+            for jit in FLAGS.jit:
+                for mode in FLAGS.mode:
+                    results.append(run_case(_policy(precision), source, jit == "on", mode,
+                                            image_size))
+    synthetic = {(r["precision"], r["xla"], r["mode"]): r["images_per_s"] for r in results
+                 if r["input"] == "synthetic"}
+    for r in results:
+        if r["input"] == "records" and (r["precision"], r["xla"], r["mode"]) in synthetic:
+            r["records_vs_synthetic"] = r["images_per_s"] / synthetic[(r["precision"], r["xla"],
+                                                                       r["mode"])]
+            r["input_bound"] = r["records_vs_synthetic"] < 0.9
+    report = {"backend": _backend(), "gpu": _on_gpu(), "results": results}
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as handle:
+            json.dump(report, handle, indent=2)
+    if FLAGS.json:
+        print(json.dumps(report))
+        return 0
+    print(f"backend={report['backend']} gpu={report['gpu']}")
+    print(f"{'precision':16} {'input':10} {'xla':5} {'mode':6} {'img/s':>9} {'p50 ms':>8} "
+          f"{'p90 ms':>8} {'TFLOP/s':>8}")
+    for r in results:
+        print(f"{r['precision']:16} {r['input']:10} {str(r['xla']):5} {r['mode']:6} "
+              f"{r['images_per_s']:9.1f} {r['p50_ms']:8.1f} {r['p90_ms']:8.1f} "
+              f"{r['achieved_tflops']:8.2f}"
+              + (f"  records/synthetic={r['records_vs_synthetic']:.2f}"
+                 + (" (input-bound)" if r['input_bound'] else "")
+                 if "records_vs_synthetic" in r else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
