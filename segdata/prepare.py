@@ -201,6 +201,7 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
                  "min": None, "max": None, "channels": 0} for s in sources.SPLITS}
     skipped = []
     progress = _Progress(len(ordered), config.progress)
+    frame_paths = {pair[0]: pair[1] for pair in ordered}
 
     def close(split):
         entry = state[split]
@@ -223,8 +224,12 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
             name = f"{split}-{shard:05d}.partial"
             entry["writer"] = tf.io.TFRecordWriter(os.path.join(temp, name), writer_options)
             entry["shards"].append({"partial": name, "count": 0})
+        image_bytes = result["image_bytes"]
+        if image_bytes is None:
+            with open(frame_paths[result["id"]], "rb") as handle:
+                image_bytes = handle.read()
         entry["writer"].write(records.encode_example(
-            result["id"], result["image_bytes"], result["format"], result["height"],
+            result["id"], image_bytes, result["format"], result["height"],
             result["width"], result["channels"], result["mask_png"]))
         entry["shards"][-1]["count"] += 1
         entry["count"] += 1

@@ -61,8 +61,17 @@ def _frame_payload(image, data, resize):
     return buffer.getvalue(), "png", 1 if image.mode == "L" else 3
 
 
+def _value_counts(array):
+    return np.bincount(array.ravel(), minlength=256)
+
+
 def mask_to_indices(image, mask_kind, palette):
-    """PIL mask -> uint8 class indices, or raises ValueError saying why."""
+    """PIL mask -> (uint8 class indices, per-value pixel counts, changed?), or ValueError.
+
+    One bincount serves the binary check, the range check and the manifest's class
+    pixel counts, and binary masks are remapped through a 256-entry lookup table:
+    this function runs once per pair and used to cost more than decoding it.
+    """
     if mask_kind == "rgb" or (mask_kind == "auto" and palette is not None):
         if palette is None:
             raise ValueError("mask_kind=rgb needs --palette=FILE.json (colour -> class)")
@@ -75,11 +84,14 @@ def mask_to_indices(image, mask_kind, palette):
             unknown = keys[out < 0][0]
             raise ValueError(
                 f"colour #{int(unknown):06x} is not in the palette file; add it there")
-        return out.astype(np.uint8)
+        out = out.astype(np.uint8)
+        return out, _value_counts(out), True
     if image.mode == "P":
         if mask_kind not in ("auto", "palette", "index"):
             raise ValueError(f"palette PNG but --mask_kind={mask_kind}")
-        return np.asarray(image, dtype=np.uint8)  # palette indices, never the colours
+        array = np.asarray(image, dtype=np.uint8)  # palette indices, never the colours
+        return array, _value_counts(array), True
+    changed = image.mode != "L"
     if image.mode in ("RGB", "RGBA"):
         rgb = np.asarray(image.convert("RGB"))
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
@@ -89,15 +101,22 @@ def mask_to_indices(image, mask_kind, palette):
         array = np.asarray(image)
         if array.ndim == 3:
             array = array[..., 0]
-    if array.max(initial=0) > 255 or array.min(initial=0) < 0:
-        raise ValueError(f"mask values up to {int(array.max())}: class indices must fit in 0..255")
-    array = array.astype(np.uint8)
-    if mask_kind == "binary" or (mask_kind == "auto" and np.isin(array, (0, 255)).all()):
-        values = np.unique(array)
-        if not np.isin(values, (0, 1, 255)).all():
-            raise ValueError(f"binary mask has values {values.tolist()}; expected 0/1 or 0/255")
-        return (array > 0).astype(np.uint8)
-    return array
+    if array.dtype != np.uint8:
+        if array.max(initial=0) > 255 or array.min(initial=0) < 0:
+            raise ValueError(f"mask values up to {int(array.max())}: class indices must fit in "
+                             "0..255")
+        array, changed = array.astype(np.uint8), True
+    counts = _value_counts(array)
+    present = set(np.flatnonzero(counts).tolist())
+    if mask_kind == "binary" or (mask_kind == "auto" and present <= {0, 255} and 255 in present):
+        if not present <= {0, 1, 255}:
+            raise ValueError(f"binary mask has values {sorted(present)}; expected 0/1 or 0/255")
+        lut = np.zeros(256, np.uint8)
+        lut[1] = lut[255] = 1
+        binary = np.zeros(256, np.int64)
+        binary[0], binary[1] = counts[0], counts[1] + counts[255]
+        return lut[array], binary, True
+    return array, counts, changed
 
 
 def check_pair(pair, options):
@@ -127,10 +146,9 @@ def check_pair(pair, options):
         return {"error": f"{frame_path}: {frame.size[0]}x{frame.size[1]} is too small "
                          f"(each side needs at least {MIN_SIDE} px)", "id": example_id}
     try:
-        mask = mask_to_indices(mask_image, options["mask_kind"], options["palette"])
+        mask, counts, changed = mask_to_indices(mask_image, options["mask_kind"], options["palette"])
     except ValueError as err:
         return {"error": f"{mask_path}: {err}", "id": example_id}
-    counts = np.bincount(mask.ravel(), minlength=256)
     num_classes, ignore = options["num_classes"], options["ignore_label"]
     if num_classes:
         bad = [v for v in np.flatnonzero(counts) if v >= num_classes and v != ignore]
@@ -142,14 +160,22 @@ def check_pair(pair, options):
         image_bytes, image_format, channels = _frame_payload(frame, frame_data, options["resize"])
     except (OSError, ValueError) as err:
         return {"error": f"{frame_path}: cannot convert ({err})", "id": example_id}
-    mask_out = Image.fromarray(mask, "L")
-    if options["resize"] is not None:
-        mask_out = mask_out.resize((options["resize"][1], options["resize"][0]), Image.NEAREST)
-    buffer = io.BytesIO()
-    mask_out.save(buffer, "PNG", compress_level=1)  # fast; masks compress well anyway
+    if changed or options["resize"] is not None or (mask_image.format or "").upper() != "PNG":
+        mask_out = Image.fromarray(mask, "L")
+        if options["resize"] is not None:
+            mask_out = mask_out.resize((options["resize"][1], options["resize"][0]), Image.NEAREST)
+        buffer = io.BytesIO()
+        mask_out.save(buffer, "PNG", compress_level=1)  # fast; masks compress well anyway
+        mask_png = buffer.getvalue()
+    else:
+        mask_png = mask_data  # already a gray PNG of class indices: stored as it came
     height, width = (options["resize"] or (frame.size[1], frame.size[0]))
+    if image_bytes is frame_data:
+        # The parent re-reads the unchanged file (page cache) instead of receiving it through
+        # a pipe: pickling every frame back cost more than decoding it.
+        image_bytes = None
     return {
         "id": example_id, "split": split, "image_bytes": image_bytes, "format": image_format,
         "height": height, "width": width, "channels": channels,
-        "mask_png": buffer.getvalue(), "counts": counts,
+        "mask_png": mask_png, "counts": counts,
     }

@@ -1,0 +1,96 @@
+"""pairs/s of tools/prepare_dataset.py against the decode floor and the classic copy.
+
+    python tools/benchmark_prepare.py --input=DATA_PATH [--json]
+    python tools/benchmark_prepare.py --synthetic=1000          # 1000 512x512 pairs
+
+Measured side by side in one run, on the same files:
+  prepare        the tool: validate + split + write shards + manifest (all cores)
+  decode_floor   a plain Pillow decode of every frame and mask, all cores: the least
+                 work validation needs
+  classic_copy   the classic recipe: a serial loop copying files into train/val/test
+"""
+import functools
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+
+from absl import app, flags
+from PIL import Image
+
+import _bootstrap  # noqa: F401
+from segdata import prepare, sources, synthetic
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("input", "", "Dataset folder (frames/ + masks/).")
+flags.DEFINE_integer("synthetic", 0, "Generate this many 512x512 pairs instead of --input.")
+flags.DEFINE_integer("workers", 0, "Processes; 0: all cores.")
+flags.DEFINE_bool("json", False, "Print one JSON object.")
+
+
+def _decode(pair):
+    _, frame, mask, _ = pair
+    for path in (frame, mask):
+        with Image.open(path) as image:
+            image.load()
+    return 1
+
+
+def decode_floor(pairs, workers):
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return sum(pool.imap_unordered(_decode, pairs, chunksize=4))
+
+
+def classic_copy(pairs, out):
+    split = prepare.assign_splits(pairs, (70, 20, 10), 42)
+    for key, frame, mask, name in split:
+        for kind, path in (("frames", frame), ("masks", mask)):
+            folder = os.path.join(out, name, kind)
+            os.makedirs(folder, exist_ok=True)
+            shutil.copy(path, folder)
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv):
+    del argv
+    workers = FLAGS.workers or os.cpu_count()
+    with tempfile.TemporaryDirectory() as scratch:
+        data = FLAGS.input
+        if FLAGS.synthetic:
+            data = synthetic.generate(os.path.join(scratch, "data"), count=FLAGS.synthetic,
+                                      size=(512, 512))
+        _, pairs, problems = sources.find_pairs(data)
+        if problems:
+            raise SystemExit("\n".join(problems))
+        config = prepare.PrepareConfig(input=data, output=os.path.join(scratch, "records"),
+                                       workers=workers, progress=False, overwrite=True)
+        decode_floor(pairs[:8], workers)  # warm the page cache so no row pays for first reads
+        import tensorflow  # noqa: F401  (its ~3 s import is paid once per run: not a rate)
+        times = {
+            "decode_floor": _timed(functools.partial(decode_floor, pairs, workers)),
+            "prepare": _timed(functools.partial(prepare.prepare, config)),
+            "classic_copy": _timed(functools.partial(classic_copy, pairs,
+                                                     os.path.join(scratch, "classic"))),
+        }
+    rates = {k: len(pairs) / v for k, v in times.items()}
+    report = {"pairs": len(pairs), "workers": workers, "seconds": times, "pairs_per_s": rates,
+              "prepare_vs_decode_floor": rates["prepare"] / rates["decode_floor"]}
+    if FLAGS.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{len(pairs)} pairs, {workers} workers")
+    for name in ("decode_floor", "prepare", "classic_copy"):
+        print(f"  {name:13} {times[name]:7.2f} s  {rates[name]:8.1f} pairs/s")
+    print(f"  prepare / decode_floor = {report['prepare_vs_decode_floor']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
