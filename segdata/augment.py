@@ -135,11 +135,15 @@ def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="con
     """images: (batch, h, w, c) any dtype the op takes (uint8 stays uint8); matrices: (batch, 3, 3)."""
     matrices = tf.reshape(matrices, [-1, 9])
     transforms = matrices[:, :8] / matrices[:, 8:9]
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms,
+    # Measured on 512x512: the op's bilinear kernel takes 5.5 ms on 1-channel uint8 but
+    # 2.75 ms on float32 (3 channels: uint8 is the faster one), so 1-channel images detour.
+    detour = images.dtype == tf.uint8 and interpolation == "BILINEAR" and images.shape[-1] == 1
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32) if detour else images, transforms=transforms,
         output_shape=tf.constant(out_size, tf.int32),
         fill_value=tf.cast(fill_value, tf.float32),
         interpolation=interpolation, fill_mode=fill_mode.upper())
+    return tf.cast(tf.round(out), tf.uint8) if detour else out
 
 
 def photometric(image, seed, config):
@@ -166,6 +170,15 @@ def photometric(image, seed, config):
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
 
 
+def _random_flips(image, mask, seed, config):
+    for enabled, key, axis in ((config.hflip, 1, 1), (config.vflip, 2, 0)):
+        if enabled:
+            flip = _uniform(seed, key, 0, 1) < 0.5
+            image, mask = tf.cond(flip, lambda: (tf.reverse(image, [axis]), tf.reverse(mask, [axis])),
+                                  lambda: (image, mask))
+    return image, mask
+
+
 def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
                     mask_fill=255):
     """(h, w, c) uint8 image and (h, w, 1) mask -> out_size, jointly augmented.
@@ -174,11 +187,13 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     """
     config = config or AugmentConfig()
     in_size = tf.shape(image)[:2]
-    geometric = training and (config.warps or config.hflip or config.vflip)
+    geometric = training and config.warps
     needs_warp = geometric or policy != "stretch"
+    flips = training and (config.hflip or config.vflip)
     if needs_warp:
         matrix = resize_matrix(in_size, out_size, policy, seed, training)
-        if geometric:
+        if geometric or flips:
+            # flips fold into the one warp; same draws (fold_in keys) as the reverse path below
             matrix = matrix @ augmentation_matrix(seed, config, out_size)
         image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode)[0]
         mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill, config.fill_mode)[0]
@@ -189,6 +204,9 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
             same, lambda: (image, mask),
             lambda: (tf.cast(tf.round(tf.image.resize(image, out_size, antialias=False)), tf.uint8),
                      tf.image.resize(mask, out_size, method="nearest")))
+        if flips:
+            # Flips alone need no warp: a reverse is a copy, a warp costs milliseconds.
+            image, mask = _random_flips(image, mask, seed, config)
     image = tf.ensure_shape(image, [out_size[0], out_size[1], None])
     mask = tf.ensure_shape(mask, [out_size[0], out_size[1], 1])
     if training and config.photometric:

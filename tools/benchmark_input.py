@@ -1,0 +1,143 @@
+"""images/s of the input pipeline against the decode limit and the classic Keras recipe.
+
+    python tools/benchmark_input.py --data_dir=RECORDS_DIR [--json]
+
+Measured side by side in one run, on the same records (and their source files for
+the classic baseline), all at --image_size (default 512x512):
+  decode_limit      read + decode frame and mask only, all cores
+  pipeline_light    training pipeline, flips + photometric only
+  pipeline          training pipeline, flip + rotate + zoom + shear + shift + photometric
+  pipeline_device   host side of --augment_on=device (decode + resize; warps run on the GPU)
+  classic_baseline  two Keras ImageDataGenerator.flow_from_directory iterators zipped with
+                    one seed, same augmentations (needs `pip install --no-deps tf_keras`,
+                    for this benchmark only)
+Each row is also measured on 1 core (a private 1-thread tf.data pool) unless --nocores.
+With --data_service=grpc://HOST:PORT the `pipeline` row also runs through that tf.data
+service (start it with tools/data_service.py).
+"""
+import json
+import os
+import time
+
+from absl import app, flags
+
+import _bootstrap  # noqa: F401
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "Records folder.")
+flags.DEFINE_string("split", "train", "Split to read.")
+flags.DEFINE_integer("image_size", 512, "Output side.")
+flags.DEFINE_integer("batch_size", 8, "Batch size.")
+flags.DEFINE_integer("images", 400, "Images per measurement (after a warm-up batch).")
+flags.DEFINE_bool("cores", True, "Also measure with a single core.")
+flags.DEFINE_bool("classic", True, "Measure the classic ImageDataGenerator baseline.")
+flags.DEFINE_string("files", "", "frames/ + masks/ folder for the classic baseline "
+                    "(default: the manifest's source).")
+flags.DEFINE_string("data_service", "", "grpc://HOST:PORT: also measure through a tf.data service.")
+flags.DEFINE_bool("json", False, "Print one JSON object.")
+flags.mark_flag_as_required("data_dir")
+
+FULL = dict(hflip=True, rotation=20, zoom=0.1, shear=5, shift=0.05, brightness=0.1, contrast=0.1)
+LIGHT = dict(hflip=True, vflip=True, brightness=0.1, contrast=0.1)
+
+
+def _rate(dataset, images, batched=True):
+    iterator = iter(dataset)
+    next(iterator)  # warm-up: thread pools, file handles, first decode
+    count, start = 0, time.perf_counter()
+    while count < images:
+        batch = next(iterator)
+        count += int(batch[0].shape[0]) if batched else 1
+    return count / (time.perf_counter() - start)
+
+
+def _single_core(dataset):
+    import tensorflow as tf
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = 1
+    options.threading.max_intra_op_parallelism = 1
+    return dataset.with_options(options)
+
+
+def decode_limit(data_dir, split):
+    import tensorflow as tf
+
+    from segdata import records
+    manifest = records.load_manifest(data_dir)
+    files = records.list_shards(data_dir, split, manifest)
+    dataset = tf.data.TFRecordDataset(files, compression_type=records.compression_of(manifest))
+    dataset = dataset.repeat().map(lambda raw: records.parse_example(raw),
+                                   num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(lambda ex: (ex["image"], ex["mask"])).prefetch(tf.data.AUTOTUNE)
+
+
+def classic_baseline(files, size, batch, seed=1):
+    """The recipe this project replaces: two generators zipped, kept in step by one seed."""
+    from tf_keras.preprocessing.image import ImageDataGenerator
+    args = dict(horizontal_flip=True, rotation_range=20, zoom_range=0.1, shear_range=5,
+                width_shift_range=0.05, height_shift_range=0.05)
+    image_gen = ImageDataGenerator(brightness_range=(0.9, 1.1), **args)
+    mask_gen = ImageDataGenerator(**args)
+    common = dict(target_size=(size, size), class_mode=None, batch_size=batch, seed=seed)
+    images = image_gen.flow_from_directory(files, classes=["frames"], color_mode="rgb", **common)
+    masks = mask_gen.flow_from_directory(files, classes=["masks"], color_mode="grayscale",
+                                         interpolation="nearest", **common)
+    return zip(images, masks)
+
+
+def main(argv):
+    del argv
+    from segdata import augment, pipeline, records
+    size = (FLAGS.image_size, FLAGS.image_size)
+    make = lambda aug, on="host": pipeline.make_dataset(  # noqa: E731
+        FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, size, augment.AugmentConfig(**aug),
+        channels=3, augment_on=on)
+    cases = {
+        "decode_limit": (lambda: decode_limit(FLAGS.data_dir, FLAGS.split), False),
+        "pipeline_light": (lambda: make(LIGHT), True),
+        "pipeline": (lambda: make(FULL), True),
+        "pipeline_device": (lambda: make(FULL, "device"), True),
+    }
+    results = {}
+    for name, (build, batched) in cases.items():
+        results[name] = _rate(build(), FLAGS.images, batched)
+        if FLAGS.cores:
+            results[name + "_1core"] = _rate(_single_core(build()), FLAGS.images // 2, batched)
+    if FLAGS.data_service:
+        from segdata import service
+        results["pipeline_data_service"] = _rate(
+            service.distribute(make(FULL), FLAGS.data_service, job_name=None), FLAGS.images)
+    if FLAGS.classic:
+        files = FLAGS.files or records.load_manifest(FLAGS.data_dir)["source"]
+        try:
+            iterator = classic_baseline(files, FLAGS.image_size, FLAGS.batch_size)
+            next(iterator)
+            count, start = 0, time.perf_counter()
+            while count < FLAGS.images // 4:
+                count += len(next(iterator)[0])
+            results["classic_baseline"] = count / (time.perf_counter() - start)
+        except ImportError:
+            results["classic_baseline"] = None  # tf_keras not installed
+    limit = results["decode_limit"]
+    ratios = {f"{k}_vs_decode_limit": v / limit for k, v in results.items()
+              if v and k.startswith("pipeline") and not k.endswith("_1core")}
+    if results.get("classic_baseline"):
+        ratios["pipeline_vs_classic"] = results["pipeline"] / results["classic_baseline"]
+    if FLAGS.cores:
+        ratios["pipeline_all_vs_1core"] = results["pipeline"] / results["pipeline_1core"]
+    report = {"images_per_s": results, "ratios": ratios, "cores": os.cpu_count(),
+              "image_size": FLAGS.image_size, "data_dir": FLAGS.data_dir}
+    if FLAGS.json:
+        print(json.dumps({**results, **ratios, "cores": os.cpu_count()}))
+        return 0
+    print(f"{os.cpu_count()} cores, {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.data_dir}")
+    for name, value in results.items():
+        print(f"  {name:24} " + (f"{value:8.1f} images/s" if value else "not measured "
+                                 "(pip install --no-deps tf_keras==2.21.0)"))
+    for name, value in ratios.items():
+        print(f"  {name:32} {value:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
