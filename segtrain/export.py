@@ -41,3 +41,39 @@ def export_saved_model(model, path, image_size, channels):
         shutil.rmtree(path)
     os.replace(temp, path)
     return path
+
+
+class SavedModelPredictor:
+    """The exported SavedModel behind the same call as a Keras model: uint8 batch -> logits."""
+
+    def __init__(self, path):
+        self.signature = tf.saved_model.load(path).signatures["serving_default"]
+        spec = self.signature.structured_input_signature[1]["images"]
+        self.channels = spec.shape[-1]
+        self.input_size = None  # any size: the signature resizes itself
+
+    def __call__(self, images):
+        probabilities = self.signature(images=tf.cast(images, tf.uint8))["probabilities"]
+        p = tf.clip_by_value(probabilities, 1e-7, 1 - 1e-7)
+        if p.shape[-1] == 1:
+            return tf.math.log(p) - tf.math.log1p(-p)
+        return tf.math.log(p)
+
+
+def load_predictor(path):
+    """A `.keras` file (loaded with safe_mode: no lambda or pickled layers) or a SavedModel folder.
+
+    Returns (callable uint8 batch -> logits, input (H, W) or None for any size, channels).
+    """
+    import keras
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ValueError(f"--model={path}: a folder without saved_model.pb; pass "
+                             "RUN_DIR/model.keras or RUN_DIR/export")
+        predictor = SavedModelPredictor(path)
+        return predictor, None, predictor.channels
+    if not path.endswith(".keras") or not os.path.isfile(path):
+        raise ValueError(f"--model={path}: expected an existing .keras file or SavedModel folder")
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    shape = model.input_shape
+    return (lambda images: model(images, training=False)), tuple(shape[1:3]), shape[-1]

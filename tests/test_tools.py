@@ -1,0 +1,190 @@
+"""Each CLI in tools/ on tiny synthetic data; outputs checked against independent numbers."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from segdata import records
+from segtrain import submit
+
+TOOLS = os.path.join(ROOT, "tools")
+
+
+def tool(name, *args, timeout=300, check=True):
+    result = subprocess.run([sys.executable, os.path.join(TOOLS, name), *args],
+                            capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_run(binary_records, tmp_path_factory):
+    run = tmp_path_factory.mktemp("tools") / "run"
+    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
+                    f"--model_dir={run}", "--image_size=32", "--base_filters=4", "--depth=2",
+                    "--batch_size=4", "--epochs=3", "--steps_per_epoch=5", "--learning_rate=0.01",
+                    "--dropout=0", "--mixed_precision=float32"], check=True, capture_output=True,
+                   timeout=300)
+    return run
+
+
+def _numpy_scores(model, examples, size):
+    import tensorflow as tf
+    cm = np.zeros((2, 2))
+    for example in examples:
+        image = tf.image.resize(example["image"], size)  # 64 -> 32 stretch, as the pipeline
+        image = np.clip(np.round(image.numpy()), 0, 255).astype("uint8")
+        mask = tf.image.resize(example["mask"], size, method="nearest").numpy()[..., 0]
+        pred = (np.asarray(model(image[None]))[0, ..., 0] > 0).astype(int)
+        np.add.at(cm, (mask.ravel(), pred.ravel()), 1)
+    tp = np.diag(cm)
+    return 2 * tp / (cm.sum(0) + cm.sum(1)), tp / (cm.sum(0) + cm.sum(1) - tp), cm
+
+
+def test_evaluate_matches_independent_confusion(trained_run, binary_records, tmp_path):
+    out = tmp_path / "eval.json"
+    tool("evaluate.py", f"--model={trained_run / 'model.keras'}", f"--data_dir={binary_records}",
+         "--split=test", f"--output={out}")
+    scores = json.loads(out.read_text())
+    model = keras.saving.load_model(str(trained_run / "model.keras"))
+    dice, iou, cm = _numpy_scores(model, records.read_split(binary_records, "test"), (32, 32))
+    np.testing.assert_allclose(scores["confusion_matrix"], cm)
+    np.testing.assert_allclose(scores["per_class_dice"], dice, rtol=1e-5)
+    np.testing.assert_allclose(scores["mean_iou"], iou.mean(), rtol=1e-5)
+    png = Image.open(tmp_path / "eval.png")
+    assert png.size == (1100, 450)
+    # at the original resolution (64x64): every original pixel is scored
+    tool("evaluate.py", f"--model={trained_run / 'model.keras'}", f"--data_dir={binary_records}",
+         "--split=test", "--original_size", f"--output={tmp_path / 'orig.json'}")
+    original = json.loads((tmp_path / "orig.json").read_text())
+    assert np.sum(original["confusion_matrix"]) == 4 * 64 * 64
+
+
+def test_predict_mixed_sizes_keras_and_savedmodel(trained_run, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"a": (40, 50), "b": (64, 64), "c": (33, 90)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(inputs / f"{name}.png")
+    for model in ("model.keras", "export"):
+        out = tmp_path / model
+        tool("predict.py", f"--model={trained_run / model}", f"--input={inputs}", f"--output={out}",
+             "--batch_size=2")
+        for name, (h, w) in sizes.items():
+            mask = np.asarray(Image.open(out / f"{name}_mask.png"))
+            assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 1}
+            assert Image.open(out / f"{name}_overlay.png").size == (w, h)
+    # the Keras model and the SavedModel agree on a same-size image
+    a = np.asarray(Image.open(tmp_path / "model.keras" / "b_mask.png"))
+    b = np.asarray(Image.open(tmp_path / "export" / "b_mask.png"))
+    assert (a == b).mean() > 0.97
+    bad = tool("predict.py", f"--model={trained_run / 'model.keras'}",
+               f"--input={tmp_path / 'nothing'}", f"--output={tmp_path / 'o'}", check=False)
+    assert bad.returncode != 0 and "no images found" in bad.stderr
+
+
+def test_show_dataset_grid(binary_records, tmp_path):
+    out = tmp_path / "grid.png"
+    tool("show_dataset.py", f"--data_dir={binary_records}", "--num=3", "--image_size=48",
+         "--aug_rotation=30", "--aug_hflip", f"--output={out}")
+    picture = np.asarray(Image.open(out))
+    assert picture.shape == (3 * 52 - 4, 3 * 52 - 4, 3)
+    mask_panel = picture[:48, 52:100]
+    assert len(np.unique(mask_panel.reshape(-1, 3), axis=0)) >= 2
+
+
+def test_slurm_script_golden():
+    text = submit.slurm_script(["--data_dir=/d", "--model_dir=/r x"], nodes=4, gpus_per_node=8,
+                               cpus_per_task=16, time="12:00:00", partition="gpu", account="proj",
+                               job_name="seg", output_dir="logs", setup=["module load cuda"])
+    assert text.splitlines()[:12] == [
+        "#!/bin/bash",
+        "#SBATCH --job-name=seg",
+        "#SBATCH --nodes=4",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --gpus-per-node=8",
+        "#SBATCH --cpus-per-task=16",
+        "#SBATCH --time=12:00:00",
+        "#SBATCH --output=logs/%x-%j.out",
+        "#SBATCH --error=logs/%x-%j.err",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=proj",
+        "",
+    ]
+    assert "module load cuda" in text
+    assert text.rstrip().endswith(
+        "srun --kill-on-bad-exit=1 python train.py --strategy=multi_worker --data_dir=/d "
+        "'--model_dir=/r x'")
+    cpu = submit.slurm_script([], nodes=1, gpus_per_node=0)
+    assert "--gpus-per-node" not in cpu and "--partition" not in cpu
+
+
+def test_submit_cli_dry_run_and_missing_sbatch(tmp_path):
+    result = tool("submit.py", "--dry_run", "--nodes=2", "--", "--epochs=3")
+    assert "#SBATCH --nodes=2" in result.stdout and "--epochs=3" in result.stdout
+    env = dict(os.environ, PATH="/nonexistent")
+    failed = subprocess.run([sys.executable, os.path.join(TOOLS, "submit.py"),
+                             f"--script={tmp_path / 'job.sbatch'}",
+                             f"--output_dir={tmp_path / 'logs'}"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert failed.returncode != 0 and "sbatch not found" in failed.stderr
+    assert (tmp_path / "job.sbatch").exists()  # the script is kept for the user
+
+
+def test_kubernetes_manifests():
+    text = submit.kubernetes_manifests(["--epochs=3"], workers=3, gpus_per_worker=2,
+                                       image="reg/seg:1", job_name="seg")
+    assert "completions: 3" in text and "nvidia.com/gpu: 2" in text and "image: reg/seg:1" in text
+    assert "seg-0.seg:2222" in text and "seg-2.seg:2222" in text
+    assert "$JOB_COMPLETION_INDEX" in text and "--strategy=multi_worker --epochs=3" in text
+
+
+def test_slurm_cluster_resolver_from_fake_environment(monkeypatch):
+    from segtrain import distribute
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for key, value in {"SLURM_JOB_ID": "77", "SLURM_PROCID": "2",
+                       "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "1(x4)",
+                       "SLURM_STEP_NODELIST": "node[01-03,07]", "SLURM_JOB_NODELIST": "node[01-03,07]",
+                       "SLURM_STEP_GPUS": "0,1", "SEGFLOW_SLURM_PORT": "9100"}.items():
+        monkeypatch.setenv(key, value)
+    resolver = distribute.cluster_resolver()
+    spec = resolver.cluster_spec().as_dict()
+    assert spec == {"worker": ["node01:9100", "node02:9100", "node03:9100", "node07:9100"]}
+    assert resolver.task_type == "worker" and resolver.task_id == 2
+
+
+def test_sweep_runs_grid_and_skips_finished(binary_records, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["--sweep_dir=" + str(sweep_dir), "--grid=learning_rate=0.01,0.0", "--parallel=2", "--",
+            f"--data_dir={binary_records}", "--image_size=32", "--base_filters=4", "--depth=2",
+            "--batch_size=4", "--epochs=3", "--steps_per_epoch=2", "--patience=1", "--export=false",
+            "--mixed_precision=float32", "--noaug_hflip"]
+    first = tool("sweep.py", *args, timeout=600)
+    rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
+    assert sorted(r["learning_rate"] for r in rows) == ["0.0", "0.01"]
+    frozen = next(r for r in rows if r["learning_rate"] == "0.0")
+    assert frozen["stopped_epoch"] == "2" and frozen["early_stopped"] == "True"  # patience 1 + 1
+    assert Image.open(sweep_dir / "sweep_learning_rate.png").size[0] > 100
+    assert "best: learning_rate=" in first.stdout
+    second = tool("sweep.py", *args, timeout=300)
+    assert second.stdout.count("skip (finished)") == 2
+
+
+def test_benchmark_train_cpu_json(tmp_path):
+    out = tmp_path / "bench.json"
+    tool("benchmark_train.py", "--image_size=32", "--base_filters=4", "--depth=2",
+         "--batch_size=2", "--steps=2", "--warmup=1", "--channels=1", f"--output={out}",
+         "--mode=train")
+    report = json.loads(out.read_text())
+    (result,) = report["results"]
+    assert result["images_per_s"] > 0 and result["p50_ms"] > 0
+    assert report["backend"] == "tensorflow"

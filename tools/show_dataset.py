@@ -1,0 +1,67 @@
+"""A PNG grid of examples exactly as the training pipeline yields them: image, mask, overlay.
+
+    python tools/show_dataset.py --data_dir=RECORDS --split=train --num=8 --output=grid.png \
+        [--image_size=256] [--aug_rotation=20 --aug_hflip ...]
+
+Look at it to see that augmentation moved image and mask together.
+"""
+import sys
+
+from absl import app, flags
+
+import _bootstrap  # noqa: F401
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "Records folder.")
+flags.DEFINE_string("split", "train", "Split.")
+flags.DEFINE_integer("num", 8, "Examples (rows).")
+flags.DEFINE_integer("image_size", 256, "Side of each panel (the pipeline's output size).")
+flags.DEFINE_string("output", "dataset.png", "PNG path.")
+flags.DEFINE_enum("resize", "stretch", ["stretch", "pad", "crop"], "Resize policy.")
+flags.DEFINE_integer("seed", 0, "Pipeline seed.")
+for _name in ("hflip", "vflip"):
+    flags.DEFINE_bool(f"aug_{_name}", False, f"Random {_name}.")
+for _name in ("rotation", "shear", "zoom", "shift", "crop", "brightness", "contrast",
+              "saturation", "hue", "noise"):
+    flags.DEFINE_float(f"aug_{_name}", 0.0, f"Augmentation {_name} (as train.py).")
+flags.mark_flag_as_required("data_dir")
+
+
+def render(data_dir, split, num, size, config, policy, seed):
+    """Returns the grid as a uint8 array (num rows x 3 panels)."""
+    import numpy as np
+
+    from segdata import pipeline, records, visualize
+    manifest = records.load_manifest(data_dir)
+    palette = visualize.default_palette(manifest["num_classes"])
+    dataset = pipeline.make_dataset(data_dir, split, 1, (size, size), config, seed=seed,
+                                    resize=policy, channels=3, repeat=split == "train")
+    rows = []
+    for image, mask in dataset.take(num):
+        image, mask = image[0].numpy(), mask[0].numpy()[..., 0]
+        rows.append([image, visualize.colourise(mask, palette, manifest["ignore_label"]),
+                     visualize.overlay(image, mask, palette, ignore_label=manifest["ignore_label"])])
+    if not rows:
+        raise ValueError(f"{data_dir}: split {split!r} is empty")
+    return np.asarray(visualize.grid(rows))
+
+
+def main(argv):
+    del argv
+    from segdata import augment, records, visualize
+    config = augment.AugmentConfig(**{name: getattr(FLAGS, f"aug_{name}") for name in (
+        "hflip", "vflip", "rotation", "shear", "zoom", "shift", "crop", "brightness", "contrast",
+        "saturation", "hue", "noise")})
+    try:
+        picture = render(FLAGS.data_dir, FLAGS.split, FLAGS.num, FLAGS.image_size, config,
+                         FLAGS.resize, FLAGS.seed)
+    except (ValueError, records.RecordsError) as err:
+        sys.stderr.write(f"show_dataset: error: {err}\n")
+        return 1
+    visualize.save_png(picture, FLAGS.output)
+    print(f"wrote {FLAGS.output} ({picture.shape[1]}x{picture.shape[0]})")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
