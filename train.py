@@ -79,6 +79,8 @@ flags.DEFINE_enum("mode", "auto", ["auto", "min", "max"], "auto: min for losses,
 flags.DEFINE_integer("patience", 3, "EarlyStopping patience, epochs.")
 flags.DEFINE_float("min_delta", 0.001, "EarlyStopping minimum improvement.")
 flags.DEFINE_bool("verify_records", True, "Check shard checksums against the manifest first.")
+flags.DEFINE_bool("skip_corrupt", False, "Warn about corrupt shards and skip records that fail to "
+                  "read, instead of stopping.")
 flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N logical devices (tests "
                      "MirroredStrategy without GPUs).")
 flags.DEFINE_string("data_service", "", "grpc://HOST:PORT of a tf.data service dispatcher: decode + "
@@ -180,7 +182,6 @@ def run():
     from segtrain import callbacks as seg_callbacks
     from segtrain import distribute, export, loop
 
-    tf.get_logger().setLevel("WARNING")  # TF's INFO chatter (saver sharding, ...) hides ours
     # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF ops.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.logical_cpus)
     _, _, is_chief = distribute.task_info(strategy)
@@ -206,7 +207,12 @@ def run():
                          f"replicas; use a multiple of {replicas}")
     train_count = manifest["splits"]["train"]["count"]
     steps = FLAGS.steps_per_epoch or max(1, train_count // FLAGS.batch_size)
-    if FLAGS.verify_records:
+    if FLAGS.skip_corrupt:
+        corrupt = sum((records.find_corrupt_shards(data_dir, s) for s in ("train", "val", "test")), [])
+        if corrupt:
+            _log(f"WARNING: {len(corrupt)} corrupt shard(s), unreadable records will be skipped "
+                 f"(--skip_corrupt): {corrupt}")
+    elif FLAGS.verify_records:
         for split in ("train", "val", "test"):
             records.list_shards(data_dir, split, manifest, verify=True)
 
@@ -255,17 +261,20 @@ def run():
             seed=FLAGS.seed + 7919 * context.input_pipeline_id, cache=FLAGS.cache,
             deterministic=FLAGS.deterministic or None, input_context=context,
             resize=FLAGS.resize, channels=channels, mask_fill=mask_fill,
-            augment_on=FLAGS.augment_on,
+            augment_on=FLAGS.augment_on, repeat=not FLAGS.data_service,
+            skip_corrupt=FLAGS.skip_corrupt,
             start_index=start_epoch * steps * per_replica)
         if FLAGS.data_service:
+            # one pass on the service (each example once, see segdata/service.py), repeated here
             from segdata import service
-            dataset = service.distribute(dataset, FLAGS.data_service, job_name="train")
+            dataset = service.distribute(dataset, FLAGS.data_service).repeat()
         return dataset
 
     train_dataset = strategy.distribute_datasets_from_function(train_fn)
     eval_dataset = lambda split: pipeline.make_dataset(  # noqa: E731
         data_dir, split, max(1, FLAGS.batch_size // replicas), image_size, None,
-        resize=FLAGS.resize, channels=channels, mask_fill=mask_fill, cache=FLAGS.cache)
+        resize=FLAGS.resize, channels=channels, mask_fill=mask_fill, cache=FLAGS.cache,
+        skip_corrupt=FLAGS.skip_corrupt)
     preprocess = None
     if FLAGS.augment_on == "device":
         preprocess = lambda batch: augment.augment_batch(  # noqa: E731
@@ -324,6 +333,8 @@ def main(argv):
     if len(argv) > 1:
         sys.stderr.write(f"train.py: error: unexpected arguments {argv[1:]}\n")
         return 2
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TF's INFO lines (saver sharding...) drown ours
     from segdata.records import RecordsError
     from segtrain.loop import NanLossError
     try:
