@@ -85,6 +85,8 @@ flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N logical devices (t
                      "MirroredStrategy without GPUs).")
 flags.DEFINE_string("data_service", "", "grpc://HOST:PORT of a tf.data service dispatcher: decode + "
                     "augmentation run on its workers (tools/data_service.py).")
+flags.DEFINE_float("step_timeout_s", 900.0, "Exit with a clear error (code 3, backup kept) when no "
+                   "step finishes for this long; 0 disables. Covers compilation of step 1.")
 flags.DEFINE_bool("export", True, "Write model.keras and the SavedModel after training.")
 
 # CPU-sized settings for the no-flag synthetic run: (value, why).
@@ -289,7 +291,8 @@ def run():
     callback_list = keras.callbacks.CallbackList(callbacks, model=model)
     try:
         summary = trainer.fit(train_dataset, eval_dataset("val"), FLAGS.epochs, steps,
-                              callback_list, backup, log=_log)
+                              callback_list, backup, log=_log,
+                              step_timeout_s=FLAGS.step_timeout_s)
     except tf.errors.DataLossError:
         bad = records.find_corrupt_shards(data_dir, "train") + records.find_corrupt_shards(
             data_dir, "val")

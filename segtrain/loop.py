@@ -14,6 +14,8 @@ from the last finished epoch with the same command.
 """
 import math
 import os
+import sys
+import threading
 import time
 
 import keras
@@ -26,6 +28,38 @@ from segmodels import metrics as seg_metrics
 
 class NanLossError(RuntimeError):
     """Training produced a non-finite loss; the last good backup is kept."""
+
+
+class Watchdog:
+    """Ends the process with a clear message when no step finishes for `timeout_s` seconds.
+
+    A dead peer in a collective, or a tf.data service whose worker died mid-pass, can
+    block a step forever; a bounded, explained exit (the backup is kept, the same command
+    resumes) beats a silent hang that burns a cluster allocation.
+    """
+
+    def __init__(self, timeout_s, backup_directory):
+        self.timeout_s, self.backup_directory = timeout_s, backup_directory
+        self.last = time.monotonic()
+        self.stopped = threading.Event()
+        if timeout_s > 0:
+            threading.Thread(target=self._watch, daemon=True).start()
+
+    def beat(self):
+        self.last = time.monotonic()
+
+    def stop(self):
+        self.stopped.set()
+
+    def _watch(self):
+        while not self.stopped.wait(1.0):
+            if time.monotonic() - self.last > self.timeout_s:
+                sys.stderr.write(
+                    f"train.py: error: no training step finished in {self.timeout_s:.0f} s "
+                    "(a dead cluster worker or tf.data service worker?). The last backup in "
+                    f"{self.backup_directory} is kept; rerun the same command to resume.\n")
+                sys.stderr.flush()
+                os._exit(3)
 
 
 class Trainer:
@@ -100,8 +134,17 @@ class Trainer:
     # -- the loop ------------------------------------------------------------
 
     def fit(self, train_dataset, val_dataset, epochs, steps_per_epoch, callbacks, backup,
-            log=logging.info):
+            log=logging.info, step_timeout_s=0):
         """Runs from the backup's epoch to `epochs`; returns a summary dict."""
+        watchdog = Watchdog(step_timeout_s, backup.directory)
+        try:
+            return self._fit(train_dataset, val_dataset, epochs, steps_per_epoch, callbacks,
+                             backup, log, watchdog)
+        finally:
+            watchdog.stop()
+
+    def _fit(self, train_dataset, val_dataset, epochs, steps_per_epoch, callbacks, backup, log,
+             watchdog):
         callbacks.on_train_begin()
         start_epoch = backup.restore(callbacks)
         if start_epoch:
@@ -120,6 +163,7 @@ class Trainer:
                 callbacks.on_train_batch_begin(step)
                 loss, batch_cm = self.train_step(iterator)
                 loss = float(loss)
+                watchdog.beat()
                 if not math.isfinite(loss):
                     raise NanLossError(
                         f"loss became {loss} at epoch {epoch + 1}, step {step + 1}: lower "
@@ -131,6 +175,7 @@ class Trainer:
             logs = {"loss": loss_sum / steps_per_epoch}
             logs.update({k: v for k, v in _scores(cm).items() if not k.startswith("per_class")})
             val = self.evaluate(val_dataset)
+            watchdog.beat()
             logs.update({f"val_{k}": v for k, v in val.items()
                          if not k.startswith("per_class") and k != "confusion_matrix"})
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
@@ -158,6 +203,7 @@ class Backup:
 
     def __init__(self, directory, model, optimizer, write_directory=None):
         self.directory = directory
+        self.optimizer = optimizer
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.done = tf.Variable(False, trainable=False, name="finished")
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="es_wait")
@@ -179,7 +225,13 @@ class Backup:
         latest = self.read_manager.latest_checkpoint
         if not latest:
             return 0
+        # A constant learning rate comes from the command line, not the backup: a user who
+        # resumes with a new --learning_rate gets it. Schedules are functions of the step.
+        constant_lr = not callable(getattr(self.optimizer, "_learning_rate", None))
+        learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
         self.checkpoint.restore(latest).expect_partial()
+        if constant_lr:
+            self.optimizer.learning_rate = learning_rate
         best = float(self.best.numpy())
         for callback in callbacks.callbacks:
             if isinstance(callback, keras.callbacks.EarlyStopping):

@@ -21,6 +21,8 @@ flags.DEFINE_enum("role", None, ["dispatcher", "worker"], "Which server to run."
 flags.DEFINE_integer("port", 0, "Port to serve on (0: pick a free one and print it).")
 flags.DEFINE_string("dispatcher", "localhost:5050", "Dispatcher HOST:PORT (workers).")
 flags.DEFINE_string("work_dir", "", "Dispatcher journal folder: enables fault-tolerant mode.")
+flags.DEFINE_integer("worker_timeout_ms", 10000, "Dispatcher: a worker silent this long is "
+                     "dropped and its clients stop waiting for it.")
 flags.DEFINE_string("host", "localhost", "Address a worker advertises. Anything but localhost "
                     "needs --allow_remote.")
 flags.DEFINE_bool("allow_remote", False, "Allow advertising a non-localhost address.")
@@ -38,7 +40,7 @@ def main(argv):
     if FLAGS.role == "dispatcher":
         server = service.DispatchServer(service.DispatcherConfig(
             port=FLAGS.port, work_dir=FLAGS.work_dir or None,
-            fault_tolerant_mode=bool(FLAGS.work_dir)))
+            fault_tolerant_mode=bool(FLAGS.work_dir), worker_timeout_ms=FLAGS.worker_timeout_ms))
         print(f"dispatcher listening at {server.target}", flush=True)
     else:
         config = service.WorkerConfig(dispatcher_address=FLAGS.dispatcher, port=FLAGS.port,
