@@ -3,7 +3,7 @@
 Models output float32 LOGITS: 1 channel for binary tasks (sigmoid), num_classes
 channels otherwise (softmax). Losses and metrics take logits.
 """
-from segmodels import fcn, losses, metrics, unet
+from segmodels import fcn, losses, metrics, unet  # noqa: F401  (segmodels.metrics for users)
 
 MODELS = {
     "unet": unet.build_unet,

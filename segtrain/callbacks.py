@@ -3,7 +3,6 @@ plus TensorBoard scalars with a few validation images."""
 import os
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 

@@ -185,7 +185,9 @@ class Trainer:
             log("epoch %d/%d: %s" % (epoch + 1, epochs, ", ".join(
                 f"{k}={v:.4f}" for k, v in logs.items())))
             stop = bool(getattr(self.model, "stop_training", False))
-            backup.save(epoch + 1, callbacks, finished=stop or epoch + 1 == epochs)
+            # "finished" means early-stopped: a run that reached --epochs continues if a
+            # rerun asks for more epochs
+            backup.save(epoch + 1, callbacks, finished=stop)
             if stop:
                 break
         callbacks.on_train_end()

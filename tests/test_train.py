@@ -1,11 +1,8 @@
 """train.py end to end, in subprocesses (absl flags are process-global)."""
-import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np

@@ -21,7 +21,7 @@ import time
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Records folder.")
@@ -125,8 +125,6 @@ def main(argv):
         ratios["pipeline_vs_classic"] = results["pipeline"] / results["classic_baseline"]
     if FLAGS.cores:
         ratios["pipeline_all_vs_1core"] = results["pipeline"] / results["pipeline_1core"]
-    report = {"images_per_s": results, "ratios": ratios, "cores": os.cpu_count(),
-              "image_size": FLAGS.image_size, "data_dir": FLAGS.data_dir}
     if FLAGS.json:
         print(json.dumps({**results, **ratios, "cores": os.cpu_count()}))
         return 0

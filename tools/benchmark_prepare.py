@@ -20,7 +20,7 @@ import time
 from absl import app, flags
 from PIL import Image
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts the project on sys.path)
 from segdata import prepare, sources, synthetic
 
 FLAGS = flags.FLAGS
@@ -72,7 +72,7 @@ def main(argv):
         config = prepare.PrepareConfig(input=data, output=os.path.join(scratch, "records"),
                                        workers=workers, progress=False, overwrite=True)
         decode_floor(pairs[:8], workers)  # warm the page cache so no row pays for first reads
-        import tensorflow  # noqa: F401  (its ~3 s import is paid once per run: not a rate)
+        import tensorflow  # noqa: F401,F811  (its ~3 s import is paid once per run: not a rate)
         times = {
             "decode_floor": _timed(functools.partial(decode_floor, pairs, workers)),
             "prepare": _timed(functools.partial(prepare.prepare, config)),

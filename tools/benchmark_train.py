@@ -11,13 +11,12 @@ bottleneck. Under KERAS_BACKEND=jax only synthetic input works, and TensorFlow i
 never imported (the GPU machines this was measured on have JAX but no TensorFlow).
 """
 import json
-import os
 import sys
 import time
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "unet", "segmodels.MODELS key.")

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("role", None, ["dispatcher", "worker"], "Which server to run.")

@@ -13,7 +13,7 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "RUN_DIR/model.keras or RUN_DIR/export (SavedModel).")

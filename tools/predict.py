@@ -7,13 +7,12 @@ Works with RUN_DIR/export (the SavedModel) too. Images of mixed sizes are resize
 the model's input, batched, and their masks mapped back onto their own pixels.
 """
 import glob
-import json
 import os
 import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "RUN_DIR/model.keras or RUN_DIR/export.")

@@ -7,7 +7,7 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts the project on sys.path)
 from segdata import prepare, sources, validate
 
 FLAGS = flags.FLAGS

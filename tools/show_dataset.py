@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Records folder.")

@@ -3,7 +3,6 @@ import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import keras
@@ -21,7 +20,6 @@ def test_sigkill_single_process_mid_epoch_resumes(binary_records, tmp_path):
     proc = start(cmd)
     assert wait_until(lambda: backup_epoch(run) >= 1, 180, proc)
     time.sleep(0.3)  # into epoch 2
-    killed_at = time.time()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = backup_epoch(run)
@@ -34,25 +32,26 @@ def test_sigkill_single_process_mid_epoch_resumes(binary_records, tmp_path):
     assert "epoch 1/3" not in result.stdout
     epochs = [int(r["epoch"]) for r in csv.DictReader(open(run / "log.csv"))]
     assert epochs == [0, 1, 2][:done] + list(range(done, 3))
-    first_epoch_line = next(l for l in result.stdout.splitlines() if l.startswith("epoch "))
     report("sigkill_single_process", epochs_lost_at_most=1, finished_epochs_kept=done,
-           rerun_to_first_epoch_s=round(time.time() - started, 1),
-           note=f"'{first_epoch_line[:12]}' was the first epoch trained after {killed_at and 'kill'}")
+           rerun_total_s=round(time.time() - started, 1),
+           killed_into_epoch2_s=0.3)
 
 
 def test_nan_loss_stops_and_keeps_last_good_backup(binary_records, tmp_path):
     """Fault: the loss turns NaN (a learning rate of 1e30 in epoch 2).
-    User sees: "train.py: error: loss became nan at epoch 2 ...", exit code 1, no traceback.
+    User sees: "train.py: error: loss became nan (or inf) at epoch 2 ...", exit 1, no traceback.
     Kept: the epoch-1 backup and best.keras; no metrics.json from the broken run."""
     run = tmp_path / "nan"
-    subprocess.run(train_cmd(binary_records, run, "--epochs=1", "--steps_per_epoch=2"), check=True,
-                   capture_output=True, timeout=300)
+    # CE, not Dice: a saturated Dice has zero gradients, CE on huge logits does not
+    subprocess.run(train_cmd(binary_records, run, "--epochs=1", "--steps_per_epoch=2", "--loss=ce"),
+                   check=True, capture_output=True, timeout=300)
     os.remove(run / "metrics.json")
     result = subprocess.run(train_cmd(binary_records, run, "--epochs=3", "--steps_per_epoch=5",
-                                      "--learning_rate=1e30"),
+                                      "--learning_rate=1e30", "--loss=ce"),
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1
-    assert "loss became nan at epoch 2" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert "at epoch 2" in result.stderr and "Traceback" not in result.stderr
+    assert "loss became nan" in result.stderr or "loss became inf" in result.stderr
     assert backup_epoch(run) == 1
     keras.saving.load_model(str(run / "best.keras"))
     assert not (run / "metrics.json").exists()
