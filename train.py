@@ -42,7 +42,7 @@ flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation."
 flags.DEFINE_integer("num_classes", 0, "Classes; 0 takes the manifest's (a mismatch is an error).")
 flags.DEFINE_integer("steps_per_epoch", 0, "0: train split size // batch size.")
 flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine", "polynomial"], "LR schedule.")
-flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 to --learning_rate.")
+flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 to --learning_rate (any schedule).")
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (adamw only).")
 flags.DEFINE_enum("class_weights", "none", ["none", "manifest"], "manifest: median-frequency "
                   "weights from the manifest's per-class pixel counts.")
@@ -140,30 +140,6 @@ def parse_image_size(text):
     return size
 
 
-def build_optimizer(steps_per_epoch):
-    import keras
-    total = max(1, FLAGS.epochs * steps_per_epoch)
-    warmup = int(FLAGS.warmup_epochs * steps_per_epoch)
-    lr = FLAGS.learning_rate
-    if FLAGS.lr_schedule == "cosine":
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else lr, max(1, total - warmup), warmup_target=lr if warmup else None,
-            warmup_steps=warmup)
-    elif FLAGS.lr_schedule == "polynomial":
-        schedule = keras.optimizers.schedules.PolynomialDecay(lr, total, lr * 0.01, power=0.9)
-    else:
-        schedule = lr
-    if warmup and FLAGS.lr_schedule != "cosine":
-        raise ValueError("--warmup_epochs is supported with --lr_schedule=cosine")
-    optimizers = {
-        "adam": lambda: keras.optimizers.Adam(schedule),
-        "adamw": lambda: keras.optimizers.AdamW(schedule, weight_decay=FLAGS.weight_decay),
-        "sgd": lambda: keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
-        "rmsprop": lambda: keras.optimizers.RMSprop(schedule),
-    }
-    return optimizers[FLAGS.optimizer]()
-
-
 def augment_config():
     from segdata import augment
     return augment.AugmentConfig(
@@ -182,7 +158,7 @@ def run():
     from segdata import augment, pipeline, records
     from segmodels import losses
     from segtrain import callbacks as seg_callbacks
-    from segtrain import distribute, export, loop
+    from segtrain import distribute, export, loop, optim
 
     # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF ops.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.logical_cpus)
@@ -237,7 +213,9 @@ def run():
                           backbone_weights=FLAGS.backbone_weights or None))
     with strategy.scope():
         model = segmodels.build_model(FLAGS.model, image_size + (channels,), num_classes, **options)
-        optimizer = build_optimizer(steps)
+        rate = optim.learning_rate(FLAGS.learning_rate, FLAGS.lr_schedule, FLAGS.epochs * steps,
+                                   int(FLAGS.warmup_epochs * steps))
+        optimizer = optim.build_optimizer(FLAGS.optimizer, rate, FLAGS.weight_decay)
         if precision == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)

@@ -8,7 +8,7 @@ import io
 import json
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 # Pillow refuses "decompression bombs" with a warning-as-error; real
 # segmentation frames can be large, so only absurd sizes are refused.
@@ -35,7 +35,7 @@ def load_palette(path):
     return palette
 
 
-def _open(path, data):
+def _open(data):
     image = Image.open(io.BytesIO(data))
     image.load()  # decodes every pixel: catches truncated files, not just bad headers
     return image
@@ -119,25 +119,33 @@ def mask_to_indices(image, mask_kind, palette):
     return array, counts, changed
 
 
+class _BadFile(Exception):
+    pass
+
+
+def _read_image(path):
+    """(bytes, fully decoded PIL image), or _BadFile whose message names the file."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        if not data:
+            raise _BadFile(f"{path}: empty file")
+        image = _open(data)
+    except _BadFile:
+        raise
+    except Exception as err:  # noqa: BLE001  a decoder can raise anything on hostile bytes
+        raise _BadFile(f"{path}: unreadable or truncated image ({type(err).__name__}: {err})")
+    return data, image
+
+
 def check_pair(pair, options):
     """pair: (id, frame_path, mask_path, split). Returns a result dict or {"error": ...}."""
     example_id, frame_path, mask_path, split = pair
     try:
-        with open(frame_path, "rb") as handle:
-            frame_data = handle.read()
-        if not frame_data:
-            return {"error": f"{frame_path}: empty file", "id": example_id}
-        frame = _open(frame_path, frame_data)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        return {"error": f"{frame_path}: unreadable or truncated image ({err})", "id": example_id}
-    try:
-        with open(mask_path, "rb") as handle:
-            mask_data = handle.read()
-        if not mask_data:
-            return {"error": f"{mask_path}: empty file", "id": example_id}
-        mask_image = _open(mask_path, mask_data)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        return {"error": f"{mask_path}: unreadable or truncated image ({err})", "id": example_id}
+        frame_data, frame = _read_image(frame_path)
+        mask_data, mask_image = _read_image(mask_path)
+    except _BadFile as err:
+        return {"error": str(err), "id": example_id}
     if frame.size != mask_image.size:
         return {"error": f"{mask_path}: size {mask_image.size[0]}x{mask_image.size[1]} differs "
                          f"from its frame {frame_path} ({frame.size[0]}x{frame.size[1]})",

@@ -242,3 +242,18 @@ def test_models_train_under_jax_backend():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok" in result.stdout
+
+
+def test_fcn_backbone_weights_from_file(tmp_path):
+    """A VGG16 no-top weights file on disk is copied in by layer name (nothing downloaded);
+    the first conv's input channels are flipped because the file's kernels read BGR."""
+    reference = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = str(tmp_path / "vgg16_notop.weights.h5")
+    reference.save_weights(path)
+    model = segmodels.build_model("fcn32s", (32, 32, 3), 2, fc_filters=8, backbone_weights=path)
+    np.testing.assert_array_equal(model.get_layer("block3_conv2").get_weights()[0],
+                                  reference.get_layer("block3_conv2").get_weights()[0])
+    np.testing.assert_array_equal(model.get_layer("block1_conv1").get_weights()[0],
+                                  reference.get_layer("block1_conv1").get_weights()[0][:, :, ::-1])
+    with pytest.raises(ValueError, match="no such file"):
+        segmodels.build_model("fcn32s", (32, 32, 3), 2, backbone_weights=str(tmp_path / "nope.h5"))

@@ -188,3 +188,15 @@ def test_benchmark_train_cpu_json(tmp_path):
     (result,) = report["results"]
     assert result["images_per_s"] > 0 and result["p50_ms"] > 0
     assert report["backend"] == "tensorflow"
+
+
+def test_tools_refuse_lambda_layers(tmp_path):
+    """safe_mode: a .keras file with a Lambda layer (arbitrary code) is refused, clearly."""
+    inputs = keras.Input((32, 32, 1), dtype="uint8")
+    outputs = keras.layers.Lambda(lambda x: keras.ops.cast(x, "float32") * 2)(inputs)
+    path = str(tmp_path / "evil.keras")
+    keras.Model(inputs, outputs).save(path)
+    result = tool("predict.py", f"--model={path}", f"--input={tmp_path}",
+                  f"--output={tmp_path / 'o'}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "safe_mode" in result.stderr

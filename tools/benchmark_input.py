@@ -33,7 +33,8 @@ flags.DEFINE_bool("cores", True, "Also measure with a single core.")
 flags.DEFINE_bool("classic", True, "Measure the classic ImageDataGenerator baseline.")
 flags.DEFINE_string("files", "", "frames/ + masks/ folder for the classic baseline "
                     "(default: the manifest's source).")
-flags.DEFINE_string("data_service", "", "grpc://HOST:PORT: also measure through a tf.data service.")
+flags.DEFINE_string("data_service", "", "grpc://HOST:PORT: also measure through that tf.data "
+                    "service; 'local': start one in this process with 1, then 2 workers.")
 flags.DEFINE_bool("json", False, "Print one JSON object.")
 flags.mark_flag_as_required("data_dir")
 
@@ -68,7 +69,10 @@ def decode_limit(data_dir, split):
     dataset = tf.data.TFRecordDataset(files, compression_type=records.compression_of(manifest))
     dataset = dataset.repeat().map(lambda raw: records.parse_example(raw),
                                    num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.map(lambda ex: (ex["image"], ex["mask"])).prefetch(tf.data.AUTOTUNE)
+    # batched like the pipelines (ragged: sizes may differ), so Python's per-element loop
+    # cost is not charged to the limit alone
+    return dataset.map(lambda ex: (ex["image"], ex["mask"])).ragged_batch(
+        FLAGS.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def classic_baseline(files, size, batch, seed=1):
@@ -85,6 +89,23 @@ def classic_baseline(files, size, batch, seed=1):
     return zip(images, masks)
 
 
+def local_service_rates(one_pass, images):
+    """The `pipeline` row through an in-process tf.data service with 1, then 2 workers."""
+    import tensorflow as tf
+
+    from segdata import service
+    api = tf.data.experimental.service
+    dispatcher = api.DispatchServer()
+    host_port = dispatcher.target.split("://")[1]
+    workers = [api.WorkerServer(api.WorkerConfig(dispatcher_address=host_port))]
+    rates = {"data_service_1worker": _rate(
+        service.distribute(one_pass(), dispatcher.target).repeat(), images)}
+    workers.append(api.WorkerServer(api.WorkerConfig(dispatcher_address=host_port)))
+    rates["data_service_2workers"] = _rate(
+        service.distribute(one_pass(), dispatcher.target).repeat(), images)
+    return rates
+
+
 def main(argv):
     del argv
     from segdata import augment, pipeline, records
@@ -93,7 +114,7 @@ def main(argv):
         FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, size, augment.AugmentConfig(**aug),
         channels=3, augment_on=on)
     cases = {
-        "decode_limit": (lambda: decode_limit(FLAGS.data_dir, FLAGS.split), False),
+        "decode_limit": (lambda: decode_limit(FLAGS.data_dir, FLAGS.split), True),
         "pipeline_light": (lambda: make(LIGHT), True),
         "pipeline": (lambda: make(FULL), True),
         "pipeline_device": (lambda: make(FULL, "device"), True),
@@ -105,8 +126,14 @@ def main(argv):
             results[name + "_1core"] = _rate(_single_core(build()), FLAGS.images // 2, batched)
     if FLAGS.data_service:
         from segdata import service
-        results["pipeline_data_service"] = _rate(
-            service.distribute(make(FULL), FLAGS.data_service, job_name=None), FLAGS.images)
+        one_pass = lambda: pipeline.make_dataset(  # noqa: E731
+            FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, size, augment.AugmentConfig(**FULL),
+            channels=3, repeat=False)
+        if FLAGS.data_service == "local":
+            results.update(local_service_rates(one_pass, FLAGS.images))
+        else:
+            results["pipeline_data_service"] = _rate(
+                service.distribute(one_pass(), FLAGS.data_service).repeat(), FLAGS.images)
     if FLAGS.classic:
         files = FLAGS.files or records.load_manifest(FLAGS.data_dir)["source"]
         try:
