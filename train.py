@@ -241,13 +241,13 @@ def run():
             seed=FLAGS.seed + 7919 * context.input_pipeline_id, cache=FLAGS.cache,
             deterministic=FLAGS.deterministic or None, input_context=context,
             resize=FLAGS.resize, channels=channels, mask_fill=mask_fill,
-            augment_on=FLAGS.augment_on, repeat=not FLAGS.data_service,
+            augment_on=FLAGS.augment_on,
             skip_corrupt=FLAGS.skip_corrupt,
             start_index=start_epoch * steps * per_replica)
         if FLAGS.data_service:
-            # one pass on the service (each example once, see segdata/service.py), repeated here
+            # decode + augment run on the service workers (sharding: see segdata/service.py)
             from segdata import service
-            dataset = service.distribute(dataset, FLAGS.data_service).repeat()
+            dataset = service.distribute(dataset, FLAGS.data_service)
         return dataset
 
     train_dataset = strategy.distribute_datasets_from_function(train_fn)

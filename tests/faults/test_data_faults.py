@@ -245,9 +245,10 @@ def test_data_service_each_example_once_and_training(binary_records, tmp_path, d
 
 def test_sigkill_data_service_worker(binary_records, tmp_path, data_service):
     """Fault: kill -9 of one of 2 tf.data service workers mid-run.
-    Measured: the TF 2.21 client does not move on by itself (the pass waits for the dead
-    worker's splits), so the step watchdog ends the run: exit code 3 and "no training step
-    finished in 20 s ... rerun the same command to resume" on stderr.
+    User sees either: training goes on with the surviving worker (seen when the pipeline's
+    repeat runs inside the service), or, if the pass waits for the dead worker's splits
+    (seen when the client repeated one-pass jobs), the step watchdog ends the run: exit
+    code 3 and "no training step finished in 20 s ... rerun the same command to resume".
     Kept: the epoch backups. The same dispatcher keeps waiting for the dead worker's
     splits, so restart the service (same port) and rerun: it resumes and finishes."""
     address, workers = data_service.address, data_service.workers
@@ -261,8 +262,10 @@ def test_sigkill_data_service_worker(binary_records, tmp_path, data_service):
     workers[0].send_signal(signal.SIGKILL)
     output, _ = proc.communicate(timeout=300)
     ended_after = time.time() - killed
-    if proc.returncode == 0:  # a TF that moves on without the dead worker is fine too
+    if proc.returncode == 0:  # the surviving worker carried the run: fine too
         assert "epoch 4/4" in output
+        report("sigkill_data_service_worker", exit_code=0, outcome="training went on",
+               run_finished_after_kill_s=round(ended_after, 1))
     else:
         assert proc.returncode == 3 and "no training step finished in 20 s" in output
         kept = backup_epoch(run)
