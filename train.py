@@ -16,6 +16,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import segmodels  # noqa: E402  (registries and choices below become flag enums)
+from segtrain import distribute, optim  # noqa: E402
+
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -24,24 +28,24 @@ flags.DEFINE_string("data_dir", None, "Records folder from tools/prepare_dataset
                     "built-in synthetic dataset (generated once into .cache/) with CPU-sized defaults.")
 flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, logs, metrics.json, exports. "
                     "Default runs/<model>; the same folder resumes.")
-flags.DEFINE_enum("model", "unet", ["unet", "fcn32s", "fcn16s", "fcn8s"], "Model (segmodels.MODELS).")
+flags.DEFINE_enum("model", "unet", sorted(segmodels.MODELS), "Model (segmodels.MODELS).")
 flags.DEFINE_string("image_size", "512", "Training size: '512' or 'H,W' e.g. '360,480'.")
 flags.DEFINE_integer("batch_size", 8, "GLOBAL batch size (divided over replicas).")
 flags.DEFINE_integer("epochs", 50, "Maximum epochs (EarlyStopping may stop sooner).")
 flags.DEFINE_float("learning_rate", 1e-4, "Peak learning rate.")
-flags.DEFINE_enum("optimizer", "adam", ["adam", "adamw", "sgd", "rmsprop"], "Optimizer (sgd uses "
+flags.DEFINE_enum("optimizer", "adam", optim.OPTIMIZERS, "Optimizer (sgd uses "
                   "Nesterov momentum 0.9).")
-flags.DEFINE_enum("loss", "dice", ["dice", "ce", "dice_ce", "focal"], "Loss (segmodels.LOSSES).")
-flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker"],
+flags.DEFINE_enum("loss", "dice", sorted(segmodels.LOSSES), "Loss (segmodels.LOSSES).")
+flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
                   "auto: MirroredStrategy over all GPUs when >1, else the default strategy. "
                   "multi_worker: cluster from TF_CONFIG or SLURM.")
-flags.DEFINE_enum("mixed_precision", "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
+flags.DEFINE_enum("mixed_precision", "auto", distribute.PRECISIONS,
                   "auto: mixed_float16 on GPUs with compute capability >= 7.0, else float32.")
 flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
 # Other flags.
 flags.DEFINE_integer("num_classes", 0, "Classes; 0 takes the manifest's (a mismatch is an error).")
 flags.DEFINE_integer("steps_per_epoch", 0, "0: train split size // batch size.")
-flags.DEFINE_enum("lr_schedule", "constant", ["constant", "cosine", "polynomial"], "LR schedule.")
+flags.DEFINE_enum("lr_schedule", "constant", optim.SCHEDULES, "LR schedule.")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 to --learning_rate (any schedule).")
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (adamw only).")
 flags.DEFINE_enum("class_weights", "none", ["none", "manifest"], "manifest: median-frequency "
@@ -154,11 +158,10 @@ def run():
     import keras
     import tensorflow as tf
 
-    import segmodels
     from segdata import augment, pipeline, records
     from segmodels import losses
     from segtrain import callbacks as seg_callbacks
-    from segtrain import distribute, export, loop, optim
+    from segtrain import export, loop
 
     # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF ops.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.logical_cpus)
@@ -223,8 +226,7 @@ def run():
     if FLAGS.class_weights == "manifest":
         class_weights = losses.class_weights_from_pixels(manifest["splits"]["train"]["class_pixels"])
         _log(f"class weights from the manifest: {[round(w, 3) for w in class_weights]}")
-    loss_impl = {"dice": losses.dice_loss, "ce": losses.cross_entropy,
-                 "dice_ce": losses.dice_ce, "focal": losses.focal}[FLAGS.loss]
+    loss_impl = segmodels.LOSSES[FLAGS.loss]
     loss_fn = lambda y, logits: loss_impl(y, logits, ignore, class_weights)  # noqa: E731
 
     backup_dir = os.path.join(model_dir, "backup")
@@ -276,7 +278,6 @@ def run():
             data_dir, "val")
         raise records.RecordsError(f"corrupt records: {bad or 'unknown shard'}; re-run "
                                    "tools/prepare_dataset.py")
-    early_stopping = callbacks[0]
     if not is_chief:
         return 0
     best_path = os.path.join(model_dir, "best.keras")
@@ -289,7 +290,8 @@ def run():
         "mean_iou": test["mean_iou"], "per_class_iou": test["per_class_iou"],
         "pixel_accuracy": test["pixel_accuracy"], "loss": test["loss"],
         "confusion_matrix": test["confusion_matrix"],
-        "stopped_epoch": (early_stopping.stopped_epoch + 1) if early_stopping.stopped_epoch else None,
+        # the backup knows of an early stop even when it happened before a resume
+        "stopped_epoch": epochs_run if backup.finished else None,
         "epochs_run": epochs_run,
         "best_epoch": int(backup.best_epoch.numpy()) + 1 if int(backup.best_epoch.numpy()) >= 0 else None,
         "best_" + FLAGS.monitor: None if math.isnan(float(backup.best.numpy())) else float(backup.best.numpy()),
@@ -326,5 +328,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
     app.run(main)

@@ -12,7 +12,8 @@ MODELS = {
     "fcn8s": fcn.build_fcn8s,
 }
 
-LOSSES = {"dice": "dice", "ce": "ce", "dice_ce": "dice_ce", "focal": "focal"}
+# name -> loss(y_true, logits, ignore_label, class_weights) -> scalar
+LOSSES = losses.FUNCTIONS
 
 
 def build_model(name, input_shape, num_classes, **options):
@@ -26,4 +27,4 @@ def build_model(name, input_shape, num_classes, **options):
 def build_loss(name, ignore_label=255, class_weights=None):
     if name not in LOSSES:
         raise ValueError(f"--loss={name!r}: expected one of {sorted(LOSSES)}")
-    return losses.SegmentationLoss(LOSSES[name], ignore_label, class_weights)
+    return losses.SegmentationLoss(name, ignore_label, class_weights)

@@ -94,7 +94,7 @@ def dice_ce(y_true, logits, ignore_label=255, class_weights=None):
             + cross_entropy(y_true, logits, ignore_label, class_weights))
 
 
-_FUNCTIONS = {"dice": dice_loss, "ce": cross_entropy, "dice_ce": dice_ce, "focal": focal}
+FUNCTIONS = {"dice": dice_loss, "ce": cross_entropy, "dice_ce": dice_ce, "focal": focal}
 
 
 @keras.saving.register_keras_serializable(package="segflow")
@@ -103,14 +103,14 @@ class SegmentationLoss(keras.losses.Loss):
 
     def __init__(self, kind="dice", ignore_label=255, class_weights=None, name=None,
                  reduction="sum_over_batch_size", dtype=None):
-        if kind not in _FUNCTIONS:
-            raise ValueError(f"loss {kind!r}: expected one of {sorted(_FUNCTIONS)}")
+        if kind not in FUNCTIONS:
+            raise ValueError(f"loss {kind!r}: expected one of {sorted(FUNCTIONS)}")
         super().__init__(name=name or f"{kind}_loss", reduction=reduction, dtype=dtype)
         self.kind, self.ignore_label = kind, ignore_label
         self.class_weights = list(class_weights) if class_weights is not None else None
 
     def call(self, y_true, y_pred):
-        return _FUNCTIONS[self.kind](y_true, y_pred, self.ignore_label, self.class_weights)
+        return FUNCTIONS[self.kind](y_true, y_pred, self.ignore_label, self.class_weights)
 
     def get_config(self):
         return {"kind": self.kind, "ignore_label": self.ignore_label,
