@@ -86,9 +86,9 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     want_channels = channels or stored_channels
 
     def transform(index, example):
-        seed = tf.stack([tf.cast(seed_value, tf.int64), index])
+        example_seed = tf.stack([tf.constant(seed, tf.int64), index])
         image, mask = augment.augment_example(
-            example["image"], example["mask"], seed, out_size, host_config, resize,
+            example["image"], example["mask"], example_seed, out_size, host_config, resize,
             training=training,
             mask_fill=mask_fill)
         if want_channels == 3 and image.shape[-1] == 1:
@@ -99,12 +99,11 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
                             tf.uint8)
         out = (image, mask)
         if training and augment_on == "device":
-            out += (seed,)
+            out += (example_seed,)
         if with_ids:
             out += (example["id"],)
         return out
 
-    seed_value = seed
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     dataset = dataset.batch(batch_size, drop_remainder=training and repeat,
                             num_parallel_calls=AUTOTUNE, deterministic=deterministic)

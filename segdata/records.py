@@ -142,16 +142,18 @@ def list_shards(records_dir, split, manifest=None, verify=False):
         if not os.path.isfile(path):
             raise RecordsError(f"{path}: listed in the manifest but missing. Re-run "
                                "tools/prepare_dataset.py.")
-        if verify and sha256_of(path) != shard["sha256"]:
-            raise RecordsError(f"{path}: sha256 does not match the manifest (corrupt or "
-                               "changed shard). Re-run tools/prepare_dataset.py.")
         paths.append(path)
+    if verify:
+        corrupt = find_corrupt_shards(records_dir, split, manifest)
+        if corrupt:
+            raise RecordsError(f"{corrupt[0]}: sha256 does not match the manifest (corrupt or "
+                               "changed shard). Re-run tools/prepare_dataset.py.")
     return paths
 
 
-def find_corrupt_shards(records_dir, split):
-    """Shards of a split whose sha256 differs from the manifest (explains a DataLossError)."""
-    manifest = load_manifest(records_dir)
+def find_corrupt_shards(records_dir, split, manifest=None):
+    """Shards of a split missing or whose sha256 differs from the manifest."""
+    manifest = manifest or load_manifest(records_dir)
     bad = []
     for shard in manifest["splits"][split]["shards"]:
         path = _safe_shard_path(records_dir, shard["file"])
@@ -164,14 +166,17 @@ def compression_of(manifest):
     return manifest.get("compression") or ""
 
 
-def read_split(records_dir, split, channels=0):
-    """Eager convenience for tools and tests: a list of decoded numpy examples, in order."""
+def iter_split(records_dir, split, channels=0):
+    """Eager convenience for tools: decoded numpy examples one by one, in stored order."""
     manifest = load_manifest(records_dir)
     paths = list_shards(records_dir, split, manifest)
     dataset = tf.data.TFRecordDataset(paths, compression_type=compression_of(manifest))
-    out = []
     for serialized in dataset:
         example = parse_example(serialized, channels)
-        out.append({"image": example["image"].numpy(), "mask": example["mask"].numpy(),
-                    "id": example["id"].numpy().decode()})
-    return out
+        yield {"image": example["image"].numpy(), "mask": example["mask"].numpy(),
+               "id": example["id"].numpy().decode()}
+
+
+def read_split(records_dir, split, channels=0):
+    """The whole split as a list (tests, small splits)."""
+    return list(iter_split(records_dir, split, channels))

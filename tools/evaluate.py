@@ -37,7 +37,7 @@ def evaluate(predict, input_size, channels, data_dir, split, policy, original_si
     manifest = records.load_manifest(data_dir)
     num_classes, ignore = manifest["num_classes"], manifest["ignore_label"]
     cm = np.zeros((num_classes, num_classes), np.float64)
-    for example in records.read_split(data_dir, split, channels=channels):
+    for example in records.iter_split(data_dir, split, channels=channels):
         image, mask = tf.constant(example["image"]), tf.constant(example["mask"])
         size = input_size or tuple(image.shape[:2])
         model_input, truth, matrix = inference.to_model_input(image, size, policy, mask, ignore)
