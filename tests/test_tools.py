@@ -179,6 +179,15 @@ def test_sweep_runs_grid_and_skips_finished(binary_records, tmp_path):
     assert second.stdout.count("skip (finished)") == 2
 
 
+def test_benchmark_train_mirrored_two_logical_cpus(tmp_path):
+    out = tmp_path / "bench.json"
+    tool("benchmark_train.py", "--image_size=32", "--base_filters=4", "--depth=2",
+         "--batch_size=4", "--steps=2", "--warmup=1", "--channels=1", f"--output={out}",
+         "--mode=train", "--strategy=mirrored", "--logical_cpus=2", "--jit=off")
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["strategy"] == "mirrored" and result["images_per_s"] > 0
+
+
 def test_benchmark_train_cpu_json(tmp_path):
     out = tmp_path / "bench.json"
     tool("benchmark_train.py", "--image_size=32", "--base_filters=4", "--depth=2",

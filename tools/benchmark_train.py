@@ -35,6 +35,11 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation).")
 flags.DEFINE_integer("base_filters", 64, "UNet width.")
 flags.DEFINE_integer("depth", 4, "UNet depth.")
 flags.DEFINE_integer("fc_filters", 4096, "FCN fc6/fc7 width.")
+flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored"],
+                  "tf.distribute strategy (TensorFlow backend; model.train_on_batch runs under "
+                  "it). mirrored uses all GPUs, or --logical_cpus CPU devices; over logical CPUs "
+                  "use --jit=off (XLA then fails: variables live on another device).")
+flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N devices for --strategy=mirrored.")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 flags.DEFINE_string("output", "", "Also write the JSON here.")
 
@@ -99,6 +104,20 @@ def _sync(value):
     return keras.ops.convert_to_numpy(value)
 
 
+_STRATEGY = []
+
+
+def _strategy_scope():
+    """The --strategy scope (created once: TF allows one logical-device split per process)."""
+    import contextlib
+    if FLAGS.strategy == "default" or _backend() != "tensorflow":
+        return contextlib.nullcontext()
+    if not _STRATEGY:
+        from segtrain import distribute
+        _STRATEGY.append(distribute.make_strategy(FLAGS.strategy, FLAGS.logical_cpus))
+    return _STRATEGY[0].scope()
+
+
 def run_case(precision, source, jit, mode, image_size):
     import keras
     import numpy as np
@@ -109,9 +128,10 @@ def run_case(precision, source, jit, mode, image_size):
     options = {"unet": dict(base_filters=FLAGS.base_filters, depth=FLAGS.depth)}.get(
         FLAGS.model, dict(fc_filters=FLAGS.fc_filters))
     shape = image_size + (FLAGS.channels,)
-    model = segmodels.build_model(FLAGS.model, shape, FLAGS.num_classes, **options)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=segmodels.build_loss("dice"),
-                  jit_compile=jit)
+    with _strategy_scope():
+        model = segmodels.build_model(FLAGS.model, shape, FLAGS.num_classes, **options)
+        model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=segmodels.build_loss("dice"),
+                      jit_compile=jit)
     rng = np.random.default_rng(0)
     batch = FLAGS.batch_size
     if source == "synthetic":
@@ -136,7 +156,7 @@ def run_case(precision, source, jit, mode, image_size):
     images_per_s = batch * FLAGS.steps / total
     keras.mixed_precision.set_dtype_policy("float32")
     return dict(model=FLAGS.model, image_size=list(image_size), batch_size=batch,
-                precision=precision, input=source, xla=jit, mode=mode,
+                precision=precision, input=source, xla=jit, mode=mode, strategy=FLAGS.strategy,
                 images_per_s=images_per_s, tflop_per_image=flops / 1e12,
                 achieved_tflops=images_per_s * flops / 1e12, **_percentiles(times))
 
@@ -145,6 +165,9 @@ def main(argv):
     del argv
     size = [int(v) for v in FLAGS.image_size.split(",")]
     image_size = tuple(size * 2 if len(size) == 1 else size)
+    if FLAGS.strategy != "default" and _backend() != "tensorflow":
+        sys.stderr.write("benchmark_train: --strategy needs the TensorFlow backend\n")
+        return 1
     if "records" in FLAGS.input and (_backend() != "tensorflow" or not FLAGS.data_dir):
         sys.stderr.write("benchmark_train: --input=records needs the TensorFlow backend and "
                          "--data_dir\n")
