@@ -18,7 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import segmodels  # noqa: E402  (registries and choices below become flag enums)
-from segtrain import distribute, optim  # noqa: E402
+from segtrain import cli, distribute, optim  # noqa: E402
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -131,29 +131,6 @@ def _apply_synthetic_defaults():
             _log(f"  --{name}={value}  ({why})")
 
 
-def parse_image_size(text):
-    parts = [p for p in str(text).replace("x", ",").split(",") if p.strip()]
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        size = ()
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"--image_size={text!r}: expected '512' or 'H,W' like '360,480'")
-    return size
-
-
-def augment_config():
-    from segdata import augment
-    return augment.AugmentConfig(
-        hflip=FLAGS.aug_hflip, vflip=FLAGS.aug_vflip, rotation=FLAGS.aug_rotation,
-        shear=FLAGS.aug_shear, zoom=FLAGS.aug_zoom, shift=FLAGS.aug_shift, crop=FLAGS.aug_crop,
-        brightness=FLAGS.aug_brightness, contrast=FLAGS.aug_contrast,
-        saturation=FLAGS.aug_saturation, hue=FLAGS.aug_hue, noise=FLAGS.aug_noise,
-        fill_mode=FLAGS.aug_fill_mode)
-
-
 def run():
     import keras
     import tensorflow as tf
@@ -173,7 +150,7 @@ def run():
     else:
         data_dir = FLAGS.data_dir
     model_dir = FLAGS.model_dir or os.path.join(ROOT, "runs", FLAGS.model)
-    image_size = parse_image_size(FLAGS.image_size)
+    image_size = cli.parse_image_size(FLAGS.image_size)
     manifest = records.load_manifest(data_dir)
     num_classes = manifest["num_classes"]
     if FLAGS.num_classes and FLAGS.num_classes != num_classes:
@@ -209,7 +186,7 @@ def run():
          f"image_size={image_size} batch={FLAGS.batch_size} steps/epoch={steps} "
          f"num_classes={num_classes} data={data_dir}")
 
-    config = augment_config()
+    config = augment.AugmentConfig.from_flags(FLAGS)
     options = {"unet": dict(base_filters=FLAGS.base_filters, depth=FLAGS.depth,
                             batch_norm=FLAGS.batch_norm, dropout=FLAGS.dropout)}.get(
         FLAGS.model, dict(fc_filters=FLAGS.fc_filters, dropout=FLAGS.dropout,

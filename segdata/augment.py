@@ -38,6 +38,12 @@ class AugmentConfig:
     noise: float = 0.0        # gaussian noise, stddev in grey levels
     fill_mode: str = "constant"  # outside the image: constant (mask -> mask_fill), reflect, nearest
 
+    @classmethod
+    def from_flags(cls, flag_values, prefix="aug_"):
+        """Fields from the `aug_<field>` flags that `flag_values` defines (absl FlagValues)."""
+        return cls(**{f.name: flag_values[prefix + f.name].value for f in dataclasses.fields(cls)
+                      if prefix + f.name in flag_values})
+
     @property
     def warps(self):
         return any((self.rotation, self.shear, self.zoom, self.shift, self.crop))

@@ -29,8 +29,3 @@ def to_original(logits, matrix, original_size):
                         "NEAREST", fill_value=0)[0]
     return back, seen[..., 0] > 0
 
-
-def classes_from_logits(logits):
-    if logits.shape[-1] == 1:
-        return tf.cast(logits[..., 0] > 0, tf.uint8)
-    return tf.cast(tf.argmax(logits, -1), tf.uint8)

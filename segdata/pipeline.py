@@ -114,6 +114,3 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(AUTOTUNE)
 
-
-def split_size(records_dir, split):
-    return records.load_manifest(records_dir)["splits"][split]["count"]

@@ -36,3 +36,26 @@ def test_build_optimizer(name, cls):
     assert isinstance(optim.build_optimizer(name, 1e-3), cls)
     with pytest.raises(ValueError, match="--optimizer"):
         optim.build_optimizer("lion", 1e-3)
+
+
+def test_parse_image_size():
+    from segtrain import cli
+    assert cli.parse_image_size("512") == (512, 512)
+    assert cli.parse_image_size("360,480") == (360, 480)
+    assert cli.parse_image_size("360x480") == (360, 480)
+    for bad in ("", "0", "a,b", "1,2,3"):
+        with pytest.raises(ValueError, match="--image_size"):
+            cli.parse_image_size(bad)
+
+
+def test_augment_config_from_flags_reads_only_defined_flags():
+    from absl import flags as absl_flags
+
+    from segdata import augment
+    values = absl_flags.FlagValues()
+    absl_flags.DEFINE_bool("aug_hflip", True, "", flag_values=values)
+    absl_flags.DEFINE_float("aug_rotation", 12.5, "", flag_values=values)
+    absl_flags.DEFINE_float("unrelated", 3.0, "", flag_values=values)
+    values(["prog"])
+    config = augment.AugmentConfig.from_flags(values)
+    assert config == augment.AugmentConfig(hflip=True, rotation=12.5)

@@ -17,6 +17,7 @@ import time
 from absl import app, flags
 
 import _bootstrap  # noqa: F401  (puts the project on sys.path)
+from segtrain import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "unet", "segmodels.MODELS key.")
@@ -163,8 +164,11 @@ def run_case(precision, source, jit, mode, image_size):
 
 def main(argv):
     del argv
-    size = [int(v) for v in FLAGS.image_size.split(",")]
-    image_size = tuple(size * 2 if len(size) == 1 else size)
+    try:
+        image_size = cli.parse_image_size(FLAGS.image_size)
+    except ValueError as err:
+        sys.stderr.write(f"benchmark_train: error: {err}\n")
+        return 1
     if FLAGS.strategy != "default" and _backend() != "tensorflow":
         sys.stderr.write("benchmark_train: --strategy needs the TensorFlow backend\n")
         return 1

@@ -86,12 +86,11 @@ def figure(scores, path):
 
 def main(argv):
     del argv
-    from segtrain import export
+    from segtrain import cli, export
     try:
         predict, input_size, channels = export.load_predictor(FLAGS.model)
         if FLAGS.image_size:
-            size = [int(v) for v in FLAGS.image_size.split(",")]
-            input_size = tuple(size * 2 if len(size) == 1 else size)
+            input_size = cli.parse_image_size(FLAGS.image_size)
         scores = evaluate(predict, input_size, channels, FLAGS.data_dir, FLAGS.split,
                           FLAGS.resize, FLAGS.original_size)
     except ValueError as err:

@@ -59,19 +59,21 @@ def predict_files(paths, predict, input_size, channels, policy, batch_size):
     import tensorflow as tf
 
     from segdata import inference
+    from segmodels.metrics import predicted_classes
+    classes = lambda logits: np.asarray(predicted_classes(logits)).astype(np.uint8)  # noqa: E731
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
         images = [_read(p, channels) for p in chunk]
         if input_size is None:  # SavedModel: it resizes itself, one image per call
             for path, image in zip(chunk, images):
                 logits = predict(tf.constant(image[None]))[0]
-                yield path, image, inference.classes_from_logits(logits).numpy()
+                yield path, image, classes(logits)
             continue
         prepared = [inference.to_model_input(tf.constant(im), input_size, policy) for im in images]
         logits = predict(tf.stack([model_input for model_input, _, _ in prepared]))
         for path, image, (_, _, matrix), item in zip(chunk, images, prepared, tf.unstack(logits)):
             back, _ = inference.to_original(item, matrix, image.shape[:2])
-            yield path, image, inference.classes_from_logits(back).numpy().astype(np.uint8)
+            yield path, image, classes(back)
 
 
 def main(argv):

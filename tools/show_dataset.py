@@ -49,10 +49,8 @@ def render(data_dir, split, num, size, config, policy, seed):
 def main(argv):
     del argv
     from segdata import augment, records, visualize
-    config = augment.AugmentConfig(**{name: getattr(FLAGS, f"aug_{name}") for name in (
-        "hflip", "vflip", "rotation", "shear", "zoom", "shift", "crop", "brightness", "contrast",
-        "saturation", "hue", "noise")})
     try:
+        config = augment.AugmentConfig.from_flags(FLAGS)
         picture = render(FLAGS.data_dir, FLAGS.split, FLAGS.num, FLAGS.image_size, config,
                          FLAGS.resize, FLAGS.seed)
     except (ValueError, records.RecordsError) as err:
