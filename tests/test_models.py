@@ -14,19 +14,23 @@ from segmodels import losses, metrics
 
 TINY = {
     "unet": {"base_filters": 4, "depth": 2},
-    "fcn32s": {"width": 4, "fc_filters": 8},
-    "fcn16s": {"width": 4, "fc_filters": 8},
-    "fcn8s": {"width": 4, "fc_filters": 8},
+    # dropout off: at these widths it is noise larger than 15 steps of learning
+    "fcn32s": {"width": 4, "fc_filters": 8, "dropout": 0.0},
+    "fcn16s": {"width": 4, "fc_filters": 8, "dropout": 0.0},
+    "fcn8s": {"width": 4, "fc_filters": 8, "dropout": 0.0},
 }
 
 
-def _batch(num_classes, size=32, channels=3, seed=0):
+def _batch(num_classes, size=64, channels=3, seed=0, block=32):
+    """Noisy images whose class is constant over block x block cells: coarse enough that even
+    FCN-32s (one logit per 32x32 cell) can fit it, so every model has something to learn."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 255, (4, size, size, channels)).astype("uint8")
-    masks = (images[..., :1] > 128).astype("uint8")
-    if num_classes > 2:
-        masks = masks + (images[..., 1:2] > 200).astype("uint8")
-    return images, masks
+    cells = size // block
+    labels = rng.integers(0, num_classes, (4, cells, cells, 1))
+    masks = labels.repeat(block, 1).repeat(block, 2).astype("uint8")
+    noise = rng.integers(0, 40, (4, size, size, channels))
+    images = masks * (200 // (num_classes - 1)) + noise
+    return images.astype("uint8"), masks
 
 
 def test_registry_matches_expected_names():
@@ -36,15 +40,16 @@ def test_registry_matches_expected_names():
 @pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("num_classes", [2, 3])
 def test_model_harness(name, num_classes, tmp_path):
-    model = segmodels.build_model(name, (32, 32, 3), num_classes, **TINY[name])
+    keras.utils.set_random_seed(0)  # an unlucky init once left fcn8s flat after 15 steps
+    model = segmodels.build_model(name, (64, 64, 3), num_classes, **TINY[name])
     images, masks = _batch(num_classes)
-    assert model.output_shape == (None, 32, 32, 1 if num_classes == 2 else num_classes)
+    assert model.output_shape == (None, 64, 64, 1 if num_classes == 2 else num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=segmodels.build_loss("dice_ce"),
                   metrics=[metrics.DiceCoefficient(num_classes)])
     first = float(model.train_on_batch(images, masks)[0])
     for _ in range(15):
         last = float(model.train_on_batch(images, masks)[0])
-    assert last < first
+    assert last < 0.98 * first, (first, last)
     path = str(tmp_path / "model.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)  # no custom_objects: everything is registered
@@ -92,7 +97,7 @@ def test_mixed_precision_logits_are_float32(policy):
     try:
         for name in ("unet", "fcn8s"):
             model = segmodels.build_model(name, (32, 32, 3), 3, **TINY[name])
-            out = model(_batch(3)[0])
+            out = model(_batch(3, size=32, block=16)[0])
             assert keras.backend.standardize_dtype(out.dtype) == "float32"
             assert any(layer.compute_dtype != "float32" for layer in model.layers)
     finally:
