@@ -122,7 +122,10 @@ def _check_all(pairs, options, workers):
         return
     # fork: workers inherit imports and never touch TensorFlow (validate.py is PIL-only).
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        yield from pool.imap(check, pairs, chunksize=4)
+        # Chunks of up to 16 pairs halve the parent's share of the IPC; small inputs get
+        # smaller chunks so every worker still has some.
+        chunksize = max(1, min(16, len(pairs) // (4 * workers)))
+        yield from pool.imap(check, pairs, chunksize=chunksize)
 
 
 def _shard_counts(pairs_by_split, config):

@@ -225,3 +225,22 @@ def test_membrane_acceptance(tmp_path):
     example = records.read_split(str(tmp_path / "mem"), "test")[0]
     assert set(np.unique(example["mask"]).tolist()) == {0, 1}
     assert example["image"].shape == (512, 512, 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 33)])
+def test_mask_png_encoder_round_trips_through_pillow_and_tf(shape):
+    import io
+
+    import tensorflow as tf
+
+    from segdata import png
+    rng = np.random.default_rng(sum(shape))
+    array = rng.integers(0, 256, shape).astype(np.uint8)
+    array[: shape[0] // 2] = 3  # runs as well as noise
+    data = png.encode_gray(array)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), array)
+    np.testing.assert_array_equal(tf.io.decode_png(data, channels=1)[..., 0].numpy(), array)
+    Image.open(io.BytesIO(data)).verify()  # chunk CRCs are right
+    assert png.encode_gray(array) == data
+    with pytest.raises(ValueError, match="2-D uint8"):
+        png.encode_gray(array.astype(np.int32))

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import statistics
 import tempfile
 import time
 
@@ -27,6 +28,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("input", "", "Dataset folder (frames/ + masks/).")
 flags.DEFINE_integer("synthetic", 0, "Generate this many 512x512 pairs instead of --input.")
 flags.DEFINE_integer("workers", 0, "Processes; 0: all cores.")
+flags.DEFINE_integer("repeats", 3, "Runs of each method, interleaved; the median is reported.")
 flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 
@@ -73,19 +75,28 @@ def main(argv):
                                        workers=workers, progress=False, overwrite=True)
         decode_floor(pairs[:8], workers)  # warm the page cache so no row pays for first reads
         import tensorflow  # noqa: F401,F811  (its ~3 s import is paid once per run: not a rate)
-        times = {
-            "decode_floor": _timed(functools.partial(decode_floor, pairs, workers)),
-            "prepare": _timed(functools.partial(prepare.prepare, config)),
-            "classic_copy": _timed(functools.partial(classic_copy, pairs,
-                                                     os.path.join(scratch, "classic"))),
+        methods = {
+            "decode_floor": functools.partial(decode_floor, pairs, workers),
+            "prepare": functools.partial(prepare.prepare, config),
+            "classic_copy": functools.partial(classic_copy, pairs,
+                                              os.path.join(scratch, "classic")),
         }
+        # Interleaved rounds, median per method: one slow moment on a shared machine then
+        # lands in one sample of each method instead of deciding the ratio.
+        samples = {name: [] for name in methods}
+        for _ in range(FLAGS.repeats):
+            for name, method in methods.items():
+                samples[name].append(_timed(method))
+                shutil.rmtree(os.path.join(scratch, "classic"), ignore_errors=True)
+        times = {name: statistics.median(values) for name, values in samples.items()}
     rates = {k: len(pairs) / v for k, v in times.items()}
-    report = {"pairs": len(pairs), "workers": workers, "seconds": times, "pairs_per_s": rates,
+    report = {"pairs": len(pairs), "workers": workers, "repeats": FLAGS.repeats,
+              "seconds": times, "samples_s": samples, "pairs_per_s": rates,
               "prepare_vs_decode_floor": rates["prepare"] / rates["decode_floor"]}
     if FLAGS.json:
         print(json.dumps(report))
         return 0
-    print(f"{len(pairs)} pairs, {workers} workers")
+    print(f"{len(pairs)} pairs, {workers} workers, median of {FLAGS.repeats} interleaved runs")
     for name in ("decode_floor", "prepare", "classic_copy"):
         print(f"  {name:13} {times[name]:7.2f} s  {rates[name]:8.1f} pairs/s")
     print(f"  prepare / decode_floor = {report['prepare_vs_decode_floor']:.2f}")
