@@ -137,8 +137,13 @@ def augmentation_matrix(seed, config, out_size):
     return centre @ m @ uncentre
 
 
-def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="constant"):
-    """images: (batch, h, w, c) any dtype the op takes (uint8 stays uint8); matrices: (batch, 3, 3)."""
+def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="constant",
+         keep_float=False):
+    """images: (batch, h, w, c) any dtype the op takes (uint8 stays uint8); matrices: (batch, 3, 3).
+
+    keep_float: a 1-channel uint8 image that took the float32 detour comes back as float32,
+    for a caller (photometric) that would otherwise cast it straight back.
+    """
     matrices = tf.reshape(matrices, [-1, 9])
     transforms = matrices[:, :8] / matrices[:, 8:9]
     # Measured on 512x512: the op's bilinear kernel takes 5.5 ms on 1-channel uint8 but
@@ -149,11 +154,27 @@ def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="con
         output_shape=tf.constant(out_size, tf.int32),
         fill_value=tf.cast(fill_value, tf.float32),
         interpolation=interpolation, fill_mode=fill_mode.upper())
-    return tf.cast(tf.round(out), tf.uint8) if detour else out
+    return tf.cast(tf.round(out), tf.uint8) if detour and not keep_float else out
 
 
-def photometric(image, seed, config):
-    """Image-only colour changes on a uint8 (h, w, c) image; returns uint8."""
+def to_uint8(pixels, channels=None):
+    """float32 (h, w, c) pixels -> rounded, clipped uint8; `channels=3` expands a gray image.
+
+    The expansion is a (pixels, 1) x (1, 3) matmul on the floats about to be cast anyway:
+    0.4 ms at 512x512, where broadcasting/tiling the uint8 result costs 1 ms (tf.tile,
+    tf.broadcast_to and grayscale_to_rgb all take the slow strided path).
+    """
+    x = tf.clip_by_value(tf.round(pixels), 0, 255)
+    if channels == 3 and x.shape[-1] == 1:
+        size = tf.shape(x)[:2]
+        x = tf.reshape(tf.matmul(tf.reshape(x, [-1, 1]), tf.ones([1, 3])),
+                       tf.concat([size, [3]], 0))
+    return tf.cast(x, tf.uint8)
+
+
+def photometric(image, seed, config, channels=None):
+    """Image-only colour changes on a uint8 (or not yet rounded float32) (h, w, c) image;
+    returns uint8 (`channels=3`: a gray image comes back expanded to RGB)."""
     x = tf.cast(image, tf.float32)
     if config.brightness or config.contrast:
         # brightness and contrast folded into one affine pass over the pixels
@@ -173,7 +194,7 @@ def photometric(image, seed, config):
         x = x + tf.random.stateless_normal(tf.shape(x),
                                            tf.random.experimental.stateless_fold_in(seed, 25),
                                            stddev=config.noise)
-    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
+    return to_uint8(x, channels)
 
 
 def _random_flips(image, mask, seed, config):
@@ -186,10 +207,12 @@ def _random_flips(image, mask, seed, config):
 
 
 def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
-                    mask_fill=255):
+                    mask_fill=255, channels=None):
     """(h, w, c) uint8 image and (h, w, 1) mask -> out_size, jointly augmented.
 
-    `config=None` (evaluation) applies only the resize policy.
+    `config=None` (evaluation) applies only the resize policy. `channels=3` returns a
+    1-channel image as RGB, expanded at the last float step (after the warp, which costs
+    per channel).
     """
     config = config or AugmentConfig()
     in_size = tf.shape(image)[:2]
@@ -201,7 +224,8 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
         if geometric or flips:
             # flips fold into the one warp; same draws (fold_in keys) as the reverse path below
             matrix = matrix @ augmentation_matrix(seed, config, out_size)
-        image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode)[0]
+        image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode,
+                     keep_float=True)[0]
         mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill, config.fill_mode)[0]
     else:
         # Plain stretch: resize only when the size differs (pre-resized records skip it).
@@ -216,7 +240,11 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     image = tf.ensure_shape(image, [out_size[0], out_size[1], None])
     mask = tf.ensure_shape(mask, [out_size[0], out_size[1], 1])
     if training and config.photometric:
-        image = photometric(image, seed, config)
+        image = photometric(image, seed, config, channels)
+    elif image.dtype != tf.uint8:
+        image = to_uint8(image, channels)
+    elif channels == 3 and image.shape[-1] == 1:
+        image = tf.image.grayscale_to_rgb(image)
     return image, mask
 
 

@@ -196,3 +196,29 @@ def test_photometric_same_eagerly_and_in_dataset_map():
     x = image.numpy().astype(np.float64)
     expected = np.clip(np.round((x - x.mean()) * gain + x.mean() + bias), 0, 255)
     assert np.abs(got - expected).max() <= 1  # float32 vs float64 rounding at .5
+
+
+@pytest.mark.parametrize("aug,on,split", [
+    (None, "host", "val"),                                        # decoder expands
+    (dict(hflip=True, brightness=0.2, contrast=0.2), "host", "train"),  # decoder expands
+    (dict(rotation=30, zoom=0.2), "host", "train"),               # warp, then to_uint8 expands
+    (dict(rotation=30, contrast=0.2), "host", "train"),           # warp + photometric expands
+    (dict(rotation=30, contrast=0.2), "device", "train"),         # decoder expands
+])
+def test_gray_asked_as_rgb_is_the_gray_output_repeated(binary_records, aug, on, split):
+    config = augment.AugmentConfig(**aug) if aug else None
+    make = lambda channels: pipeline.make_dataset(  # noqa: E731
+        binary_records, split, 4, image_size=(48, 40), augment_config=config, seed=5,
+        channels=channels, augment_on=on)
+    for gray, rgb in zip(make(1).take(2), make(3).take(2)):
+        assert gray[0].shape[-1] == 1 and rgb[0].shape[-1] == 3
+        np.testing.assert_array_equal(rgb[0].numpy(), np.repeat(gray[0].numpy(), 3, axis=-1))
+        np.testing.assert_array_equal(rgb[1].numpy(), gray[1].numpy())
+
+
+def test_to_uint8_rounds_clips_and_expands_like_numpy():
+    pixels = np.random.default_rng(4).uniform(-40, 300, (5, 7, 1)).astype(np.float32)
+    expected = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(augment.to_uint8(tf.constant(pixels)).numpy(), expected)
+    np.testing.assert_array_equal(augment.to_uint8(tf.constant(pixels), 3).numpy(),
+                                  np.repeat(expected, 3, axis=-1))

@@ -15,8 +15,10 @@ Each row is also measured on 1 core (a private 1-thread tf.data pool) unless --n
 With --data_service=grpc://HOST:PORT the `pipeline` row also runs through that tf.data
 service (start it with tools/data_service.py).
 """
+import functools
 import json
 import os
+import statistics
 import time
 
 from absl import app, flags
@@ -35,6 +37,8 @@ flags.DEFINE_string("files", "", "frames/ + masks/ folder for the classic baseli
                     "(default: the manifest's source).")
 flags.DEFINE_string("data_service", "", "grpc://HOST:PORT: also measure through that tf.data "
                     "service; 'local': start one in this process with 1, then 2 workers.")
+flags.DEFINE_integer("repeats", 3, "Rounds; each round measures every row once, in turn, and the "
+                     "median of the rounds is reported.")
 flags.DEFINE_bool("json", False, "Print one JSON object.")
 flags.mark_flag_as_required("data_dir")
 
@@ -42,13 +46,13 @@ FULL = dict(hflip=True, rotation=20, zoom=0.1, shear=5, shift=0.05, brightness=0
 LIGHT = dict(hflip=True, vflip=True, brightness=0.1, contrast=0.1)
 
 
-def _rate(dataset, images, batched=True):
+def _rate(dataset, images):
     iterator = iter(dataset)
     next(iterator)  # warm-up: thread pools, file handles, first decode
     count, start = 0, time.perf_counter()
     while count < images:
         batch = next(iterator)
-        count += int(batch[0].shape[0]) if batched else 1
+        count += int(batch[0].shape[0])
     return count / (time.perf_counter() - start)
 
 
@@ -110,6 +114,18 @@ def local_service_rates(make_pipeline, images):
     return rates
 
 
+def _classic_rate(files):
+    try:
+        iterator = classic_baseline(files, FLAGS.image_size, FLAGS.batch_size)
+    except ImportError:
+        return None  # tf_keras not installed
+    next(iterator)
+    count, start = 0, time.perf_counter()
+    while count < FLAGS.images // 4:
+        count += len(next(iterator)[0])
+    return count / (time.perf_counter() - start)
+
+
 def main(argv):
     del argv
     from segdata import augment, pipeline, records
@@ -118,34 +134,34 @@ def main(argv):
         FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, size, augment.AugmentConfig(**aug),
         channels=3, augment_on=on)
     cases = {
-        "decode_limit": (lambda: decode_limit(FLAGS.data_dir, FLAGS.split), True),
-        "pipeline_light": (lambda: make(LIGHT), True),
-        "pipeline": (lambda: make(FULL), True),
-        "pipeline_device": (lambda: make(FULL, "device"), True),
+        "decode_limit": lambda: decode_limit(FLAGS.data_dir, FLAGS.split),
+        "pipeline_light": lambda: make(LIGHT),
+        "pipeline": lambda: make(FULL),
+        "pipeline_device": lambda: make(FULL, "device"),
     }
-    results = {}
-    for name, (build, batched) in cases.items():
-        results[name] = _rate(build(), FLAGS.images, batched)
+    rows = {}
+    for name, build in cases.items():
+        rows[name] = functools.partial(lambda b: _rate(b(), FLAGS.images), build)
         if FLAGS.cores:
-            results[name + "_1core"] = _rate(_single_core(build()), FLAGS.images // 2, batched)
-    if FLAGS.data_service:
+            rows[name + "_1core"] = functools.partial(
+                lambda b: _rate(_single_core(b()), FLAGS.images // 2), build)
+    if FLAGS.data_service and FLAGS.data_service != "local":
         from segdata import service
-        if FLAGS.data_service == "local":
-            results.update(local_service_rates(lambda: make(FULL), FLAGS.images))
-        else:
-            results["pipeline_data_service"] = _rate(
-                service.distribute(make(FULL), FLAGS.data_service), FLAGS.images)
+        rows["pipeline_data_service"] = lambda: _rate(
+            service.distribute(make(FULL), FLAGS.data_service), FLAGS.images)
     if FLAGS.classic:
         files = FLAGS.files or records.load_manifest(FLAGS.data_dir)["source"]
-        try:
-            iterator = classic_baseline(files, FLAGS.image_size, FLAGS.batch_size)
-            next(iterator)
-            count, start = 0, time.perf_counter()
-            while count < FLAGS.images // 4:
-                count += len(next(iterator)[0])
-            results["classic_baseline"] = count / (time.perf_counter() - start)
-        except ImportError:
-            results["classic_baseline"] = None  # tf_keras not installed
+        rows["classic_baseline"] = functools.partial(_classic_rate, files)
+    # Rows take turns, round after round: a slow spell of this shared machine then costs
+    # each row one sample out of --repeats instead of deciding a ratio.
+    samples = {name: [] for name in rows}
+    for _ in range(FLAGS.repeats):
+        for name, measure in rows.items():
+            samples[name].append(measure())
+    results = {name: (statistics.median(values) if None not in values else None)
+               for name, values in samples.items()}
+    if FLAGS.data_service == "local":
+        results.update(local_service_rates(lambda: make(FULL), FLAGS.images))
     limit = results["decode_limit"]
     ratios = {f"{k}_vs_decode_limit": v / limit for k, v in results.items()
               if v and k.startswith("pipeline") and not k.endswith("_1core")}
@@ -154,7 +170,8 @@ def main(argv):
     if FLAGS.cores:
         ratios["pipeline_all_vs_1core"] = results["pipeline"] / results["pipeline_1core"]
     if FLAGS.json:
-        print(json.dumps({**results, **ratios, "cores": os.cpu_count()}))
+        print(json.dumps({**results, **ratios, "cores": os.cpu_count(), "repeats": FLAGS.repeats,
+                          "samples": samples}))
         return 0
     print(f"{os.cpu_count()} cores, {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.data_dir}")
     for name, value in results.items():
