@@ -198,11 +198,18 @@ def photometric(image, seed, config, channels=None):
     return to_uint8(x, channels)
 
 
+def _reverse(x, axis):
+    if x.shape[-1] == 1:
+        # Reversing (h, w, 1) takes Eigen's slow path (2x the time of the same pixels as (h, w))
+        return tf.reverse(x[..., 0], [axis])[..., None]
+    return tf.reverse(x, [axis])
+
+
 def _random_flips(image, mask, seed, config):
     for enabled, key, axis in ((config.hflip, 1, 1), (config.vflip, 2, 0)):
         if enabled:
             flip = _uniform(seed, key, 0, 1) < 0.5
-            image, mask = tf.cond(flip, lambda: (tf.reverse(image, [axis]), tf.reverse(mask, [axis])),
+            image, mask = tf.cond(flip, lambda: (_reverse(image, axis), _reverse(mask, axis)),
                                   lambda: (image, mask))
     return image, mask
 
