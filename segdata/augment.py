@@ -162,8 +162,8 @@ def to_uint8(pixels, channels=None):
     """float32 (h, w, c) pixels -> rounded, clipped uint8; `channels=3` expands a gray image.
 
     The expansion is a (pixels, 1) x (1, 3) matmul on the floats about to be cast anyway:
-    0.4 ms at 512x512, where broadcasting/tiling the uint8 result costs 1 ms (tf.tile,
-    tf.broadcast_to and grayscale_to_rgb all take the slow strided path).
+    +0.5 ms at 512x512, where expanding the uint8 result costs +0.85 ms (tf.tile,
+    tf.broadcast_to and grayscale_to_rgb all take a slow strided path; benchmark_warp.py).
     """
     x = tf.clip_by_value(tf.round(pixels), 0, 255)
     if channels == 3 and x.shape[-1] == 1:
@@ -173,29 +173,54 @@ def to_uint8(pixels, channels=None):
     return tf.cast(x, tf.uint8)
 
 
+def _photometric_draws(seed, config, image):
+    """Every random value of the photometric stage, drawn outside any XLA cluster: XLA's
+    stateless RNG gives other numbers, and the fused and plain paths must agree. The
+    image mean is computed here too: XLA's CPU reduction is 3x slower than TF's."""
+    draws = {}
+    shape = tf.shape(image)
+    if config.contrast:
+        draws["gain"] = _uniform(seed, 21, 1 - config.contrast, 1 + config.contrast)
+        draws["mean"] = tf.reduce_mean(tf.cast(image, tf.float32))
+    if config.brightness:
+        draws["bias"] = _uniform(seed, 22, -config.brightness, config.brightness) * 255
+    if config.saturation:
+        draws["saturation"] = _uniform(seed, 23, 1 - config.saturation, 1 + config.saturation)
+    if config.hue:
+        draws["hue"] = _uniform(seed, 24, -config.hue, config.hue)
+    if config.noise:
+        draws["noise"] = tf.random.stateless_normal(
+            shape, tf.random.experimental.stateless_fold_in(seed, 25), stddev=config.noise)
+    return draws
+
+
+def _photometric_pixels(image, draws, channels):
+    x = tf.cast(image, tf.float32)
+    if "gain" in draws or "bias" in draws:
+        # brightness and contrast folded into one affine pass over the pixels
+        gain, mean = draws.get("gain", 1.0), draws.get("mean", 0.0)
+        x = (x - mean) * gain + mean + draws.get("bias", 0.0)
+    if image.shape[-1] == 3 and ("saturation" in draws or "hue" in draws):
+        x = tf.clip_by_value(x, 0, 255) / 255
+        if "saturation" in draws:
+            x = tf.image.adjust_saturation(x, draws["saturation"])
+        if "hue" in draws:
+            x = tf.image.adjust_hue(x, draws["hue"])
+        x = x * 255
+    if "noise" in draws:
+        x = x + draws["noise"]
+    return to_uint8(x, channels)
+
+
 def photometric(image, seed, config, channels=None):
     """Image-only colour changes on a uint8 (or not yet rounded float32) (h, w, c) image;
     returns uint8 (`channels=3`: a gray image comes back expanded to RGB)."""
-    x = tf.cast(image, tf.float32)
-    if config.brightness or config.contrast:
-        # brightness and contrast folded into one affine pass over the pixels
-        gain = _uniform(seed, 21, 1 - config.contrast, 1 + config.contrast) if config.contrast else 1.0
-        bias = _uniform(seed, 22, -config.brightness, config.brightness) * 255 if config.brightness else 0.0
-        mean = tf.reduce_mean(x) if config.contrast else 0.0
-        x = (x - mean) * gain + mean + bias
-    if image.shape[-1] == 3 and (config.saturation or config.hue):
-        x = tf.clip_by_value(x, 0, 255) / 255
-        if config.saturation:
-            x = tf.image.adjust_saturation(
-                x, _uniform(seed, 23, 1 - config.saturation, 1 + config.saturation))
-        if config.hue:
-            x = tf.image.adjust_hue(x, _uniform(seed, 24, -config.hue, config.hue))
-        x = x * 255
-    if config.noise:
-        x = x + tf.random.stateless_normal(tf.shape(x),
-                                           tf.random.experimental.stateless_fold_in(seed, 25),
-                                           stddev=config.noise)
-    return to_uint8(x, channels)
+    return _photometric_pixels(image, _photometric_draws(seed, config, image), channels)
+
+
+def _flip_draws(seed, config):
+    return (_uniform(seed, 1, 0, 1) < 0.5 if config.hflip else tf.constant(False),
+            _uniform(seed, 2, 0, 1) < 0.5 if config.vflip else tf.constant(False))
 
 
 def _reverse(x, axis):
@@ -205,13 +230,22 @@ def _reverse(x, axis):
     return tf.reverse(x, [axis])
 
 
-def _random_flips(image, mask, seed, config):
-    for enabled, key, axis in ((config.hflip, 1, 1), (config.vflip, 2, 0)):
-        if enabled:
-            flip = _uniform(seed, key, 0, 1) < 0.5
-            image, mask = tf.cond(flip, lambda: (_reverse(image, axis), _reverse(mask, axis)),
-                                  lambda: (image, mask))
-    return image, mask
+def _pixel_stage(image, mask, flips, draws, channels):
+    """Flips (when no warp took them), photometric and the cast back to uint8."""
+    for flip, axis in zip(flips, (1, 0)):
+        image, mask = tf.cond(flip, lambda: (_reverse(image, axis), _reverse(mask, axis)),
+                              lambda: (image, mask))
+    return _photometric_pixels(image, draws, channels), mask
+
+
+# On a uint8 image (no warp) flips + photometric through XLA are one fused pass over the
+# pixels instead of a copy per reverse plus one per arithmetic op (tools/benchmark_warp.py:
+# 0.7-0.9 vs 1.7-2.3 ms at 512x512x3; in the pipeline +11% images/s on RGB, even on gray).
+# After a warp the image is already float and XLA was no faster there (-6% on RGB), so
+# that path stays op by op. One
+# compile per (shape, channels, set of draws): the pipeline's shapes are fixed by
+# --image_size, so once per run.
+_pixel_stage_xla = tf.function(_pixel_stage, jit_compile=True)
 
 
 def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
@@ -230,8 +264,9 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     if needs_warp:
         matrix = resize_matrix(in_size, out_size, policy, seed, training)
         if geometric or flips:
-            # flips fold into the one warp; same draws (fold_in keys) as the reverse path below
+            # flips fold into the one warp; same draws (fold_in keys) as _flip_draws
             matrix = matrix @ augmentation_matrix(seed, config, out_size)
+            flips = False
         image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode,
                      keep_float=True)[0]
         mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill, config.fill_mode)[0]
@@ -242,17 +277,18 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
             same, lambda: (image, mask),
             lambda: (tf.cast(tf.round(tf.image.resize(image, out_size, antialias=False)), tf.uint8),
                      tf.image.resize(mask, out_size, method="nearest")))
-        if flips:
-            # Flips alone need no warp: a reverse is a copy, a warp costs milliseconds.
-            image, mask = _random_flips(image, mask, seed, config)
     image = tf.ensure_shape(image, [out_size[0], out_size[1], None])
     mask = tf.ensure_shape(mask, [out_size[0], out_size[1], 1])
-    if training and config.photometric:
-        image = photometric(image, seed, config, channels)
-    elif image.dtype != tf.uint8:
-        image = to_uint8(image, channels)
-    elif channels == 3 and image.shape[-1] == 1:
-        image = tf.image.grayscale_to_rgb(image)
+    if flips or (training and config.photometric):
+        # Flips alone need no warp: a reverse is a copy, a warp costs milliseconds.
+        draws = _photometric_draws(seed, config, image) if training else {}
+        flip_draws = _flip_draws(seed, config) if flips else (tf.constant(False),) * 2
+        stage = _pixel_stage_xla if image.dtype == tf.uint8 else _pixel_stage
+        return stage(image, mask, flip_draws, draws, channels)
+    if image.dtype != tf.uint8:
+        return to_uint8(image, channels), mask
+    if channels == 3 and image.shape[-1] == 1:
+        return tf.image.grayscale_to_rgb(image), mask
     return image, mask
 
 

@@ -5,6 +5,8 @@
 Rows: ImageProjectiveTransformV3 on uint8 vs float32, 1 vs 3 channels, bilinear vs
 nearest; the image+mask pair in one tf.function; and the rejected alternative, a
 shared-coordinate gather warp (grid computed once, 4 gathers bilinear + 1 gather nearest).
+Then the per-pixel steps around the warp: gray -> RGB expansion, flips, and the
+flips + brightness/contrast stage op by op vs compiled by XLA.
 """
 import time
 
@@ -81,7 +83,38 @@ def main(argv):
     print(f"pair by shared-grid gathers (rejected)             {_ms(gathered, image, mask):6.2f} ms")
     agree = (pair(image, mask)[1].numpy() == gathered(image, mask)[1].numpy()).mean()
     print(f"mask agreement between the two: {agree:.5f}")
+    pixel_steps(size, rng)
     return 0
+
+
+def pixel_steps(size, rng):
+    import tensorflow as tf
+
+    from segdata import augment
+    gray = tf.constant(rng.integers(0, 255, size + (1,)).astype("uint8"))
+    rgb = tf.constant(rng.integers(0, 255, size + (3,)).astype("uint8"))
+    mask = tf.constant(rng.integers(0, 2, size + (1,)).astype("uint8"))
+    warped = tf.cast(gray, tf.float32) + 0.25  # what a warp hands on
+    rows = {
+        "gray -> RGB, tf.image.grayscale_to_rgb (uint8)": (tf.image.grayscale_to_rgb, gray),
+        "gray -> RGB, tf.broadcast_to (uint8)": (
+            lambda x: tf.broadcast_to(x, size + (3,)), gray),
+        "float -> uint8, 1 channel": (augment.to_uint8, warped),
+        "float -> uint8 RGB, to_uint8 matmul expansion": (lambda x: augment.to_uint8(x, 3), warped),
+        "reverse (h, w, 1) along w": (lambda x: tf.reverse(x, [1]), mask),
+        "reverse (h, w) along w": (lambda x: tf.reverse(x[..., 0], [1]), mask),
+    }
+    for name, (fn, arg) in rows.items():
+        print(f"{name:48} {_ms(tf.function(fn), arg):6.2f} ms")
+    config = augment.AugmentConfig(brightness=0.1, contrast=0.1)
+    draws = augment._photometric_draws(tf.constant([1, 2], tf.int64), config, rgb)
+    plain = tf.function(augment._pixel_stage)
+    for flips in ((False, False), (True, False), (True, True)):
+        flags_ = tuple(tf.constant(f) for f in flips)
+        label = f"RGB flips {flips[0]:d}{flips[1]:d} + brightness/contrast"
+        print(f"{label + ', op by op':48} {_ms(plain, rgb, mask, flags_, draws, None):6.2f} ms")
+        print(f"{label + ', XLA':48} "
+              f"{_ms(augment._pixel_stage_xla, rgb, mask, flags_, draws, None):6.2f} ms")
 
 
 if __name__ == "__main__":
