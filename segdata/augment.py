@@ -37,6 +37,7 @@ class AugmentConfig:
     hue: float = 0.0          # RGB only: shift U[-h, h] (fraction of the colour wheel)
     noise: float = 0.0        # gaussian noise, stddev in grey levels
     fill_mode: str = "constant"  # outside the image: constant (mask -> mask_fill), reflect, nearest
+    xla: bool = True          # unwarped flips + photometric as one XLA-compiled stage
 
     @classmethod
     def from_flags(cls, flag_values, prefix="aug_"):
@@ -290,7 +291,7 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
         # Flips alone need no warp: a reverse is a copy, a warp costs milliseconds.
         draws = _photometric_draws(seed, config, image) if training else {}
         flip_draws = _flip_draws(seed, config) if flips else (tf.constant(False),) * 2
-        stage = _pixel_stage_xla if image.dtype == tf.uint8 else _pixel_stage
+        stage = _pixel_stage_xla if config.xla and image.dtype == tf.uint8 else _pixel_stage
         return stage(image, mask, flip_draws, draws, channels)
     if image.dtype != tf.uint8:
         return to_uint8(image, channels), mask

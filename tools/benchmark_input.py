@@ -6,6 +6,7 @@ Measured side by side in one run, on the same records (and their source files fo
 the classic baseline), all at --image_size (default 512x512):
   decode_limit      read + decode frame and mask only, all cores
   pipeline_light    training pipeline, flips + photometric only
+  pipeline_light_no_xla  the same with --noaug_xla (flips + photometric op by op)
   pipeline          training pipeline, flip + rotate + zoom + shear + shift + photometric
   pipeline_device   host side of --augment_on=device (decode + resize; warps run on the GPU)
   classic_baseline  two Keras ImageDataGenerator.flow_from_directory iterators zipped with
@@ -136,13 +137,14 @@ def main(argv):
     cases = {
         "decode_limit": lambda: decode_limit(FLAGS.data_dir, FLAGS.split),
         "pipeline_light": lambda: make(LIGHT),
+        "pipeline_light_no_xla": lambda: make(dict(LIGHT, xla=False)),
         "pipeline": lambda: make(FULL),
         "pipeline_device": lambda: make(FULL, "device"),
     }
     rows = {}
     for name, build in cases.items():
         rows[name] = functools.partial(lambda b: _rate(b(), FLAGS.images), build)
-        if FLAGS.cores:
+        if FLAGS.cores and not name.endswith("no_xla"):
             rows[name + "_1core"] = functools.partial(
                 lambda b: _rate(_single_core(b()), FLAGS.images // 2), build)
     if FLAGS.data_service and FLAGS.data_service != "local":
