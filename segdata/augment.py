@@ -247,12 +247,11 @@ def _pixel_stage(image, mask, flips, draws, channels):
 
 
 # On a uint8 image (no warp) flips + photometric through XLA are one fused pass over the
-# pixels instead of a copy per reverse plus one per arithmetic op (tools/benchmark_warp.py:
-# 0.7-0.9 vs 1.7-2.3 ms at 512x512x3; in the pipeline +11% images/s on RGB, even on gray).
-# After a warp the image is already float and XLA was no faster there (-6% on RGB), so
-# that path stays op by op. One
-# compile per (shape, channels, set of draws): the pipeline's shapes are fixed by
-# --image_size, so once per run.
+# pixels instead of a copy per reverse plus one per arithmetic op: the stage is 1.5-2x faster
+# at 512x512x3 (tools/benchmark_warp.py), a small gain end to end (BENCHMARKS.md §2). After a
+# warp the image is already float and XLA was no faster there, so that path stays op by op.
+# One compile per (shape, channels, set of draws): the pipeline's shapes are fixed by
+# --image_size, so once per run. AugmentConfig.xla=False (--noaug_xla) turns it off.
 _pixel_stage_xla = tf.function(_pixel_stage, jit_compile=True)
 
 
