@@ -6,6 +6,7 @@ TensorFlow. A bad pair returns an error string naming the file, never raises.
 
 import io
 import json
+import os
 
 import numpy as np
 from PIL import Image
@@ -37,18 +38,14 @@ def load_palette(path):
     return palette
 
 
-def _open(data):
-    image = Image.open(io.BytesIO(data))
-    image.load()  # decodes every pixel: catches truncated files, not just bad headers
-    return image
-
-
-def _frame_payload(image, data, resize):
-    """Returns (bytes, format, channels); keeps the original bytes when TF can decode them."""
+def _frame_payload(image, resize):
+    """Returns (bytes, format, channels). Bytes are None when the file is kept as it is
+    (TF can decode it): the shard writer reads it then, from the page cache, because
+    pickling every frame back through the pool cost more than decoding it."""
     fmt = (image.format or "").upper()
     keep = resize is None and fmt in ("PNG", "JPEG") and image.mode in ("L", "RGB")
     if keep:
-        return data, fmt.lower(), 1 if image.mode == "L" else 3
+        return None, fmt.lower(), 1 if image.mode == "L" else 3
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit grey: keep the top 8 bits, which is what a uint8 pipeline can carry.
         array = np.asarray(image, dtype=np.uint32)
@@ -128,14 +125,23 @@ class _BadFile(Exception):
     pass
 
 
-def _read_image(path):
-    """(bytes, fully decoded PIL image), or _BadFile whose message names the file."""
+def _read_image(path, keep_bytes):
+    """(bytes or None, fully decoded PIL image), or _BadFile whose message names the file.
+
+    Without keep_bytes Pillow reads the file itself while decoding: 0.2 ms less per
+    512x512 frame than reading it whole and decoding from memory.
+    """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-        if not data:
+        if keep_bytes:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            source = io.BytesIO(data)
+        else:
+            data, source = None, path
+        if (len(data) if keep_bytes else os.path.getsize(path)) == 0:
             raise _BadFile(f"{path}: empty file")
-        image = _open(data)
+        with Image.open(source) as image:
+            image.load()  # decodes every pixel: catches truncated files, not just bad headers
     except _BadFile:
         raise
     except Exception as err:  # noqa: BLE001  a decoder can raise anything on hostile bytes
@@ -147,8 +153,8 @@ def check_pair(pair, options):
     """pair: (id, frame_path, mask_path, split). Returns a result dict or {"error": ...}."""
     example_id, frame_path, mask_path, split = pair
     try:
-        frame_data, frame = _read_image(frame_path)
-        mask_data, mask_image = _read_image(mask_path)
+        _, frame = _read_image(frame_path, keep_bytes=False)
+        mask_data, mask_image = _read_image(mask_path, keep_bytes=True)
     except _BadFile as err:
         return {"error": str(err), "id": example_id}
     if frame.size != mask_image.size:
@@ -170,7 +176,7 @@ def check_pair(pair, options):
                              f"the ignore label {ignore}; fix the mask or --num_classes",
                     "id": example_id}
     try:
-        image_bytes, image_format, channels = _frame_payload(frame, frame_data, options["resize"])
+        image_bytes, image_format, channels = _frame_payload(frame, options["resize"])
     except (OSError, ValueError) as err:
         return {"error": f"{frame_path}: cannot convert ({err})", "id": example_id}
     if changed or options["resize"] is not None or (mask_image.format or "").upper() != "PNG":
@@ -181,10 +187,6 @@ def check_pair(pair, options):
     else:
         mask_png = mask_data  # already a gray PNG of class indices: stored as it came
     height, width = (options["resize"] or (frame.size[1], frame.size[0]))
-    if image_bytes is frame_data:
-        # The parent re-reads the unchanged file (page cache) instead of receiving it through
-        # a pipe: pickling every frame back cost more than decoding it.
-        image_bytes = None
     return {
         "id": example_id, "split": split, "image_bytes": image_bytes, "format": image_format,
         "height": height, "width": width, "channels": channels,

@@ -8,11 +8,15 @@ Measured side by side in one run, on the same files:
   decode_floor   a plain Pillow decode of every frame and mask, all cores: the least
                  work validation needs
   classic_copy   the classic recipe: a serial loop copying files into train/val/test
+Each also reports core-milliseconds per pair (user + system time of this process and its
+worker processes), and `mask_steps_ms` times, on the first pair, each per-mask step of the
+tool next to the way it was done before (BENCHMARKS.md §1).
 """
 import functools
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -54,10 +58,67 @@ def classic_copy(pairs, out):
             shutil.copy(path, folder)
 
 
+def _cpu_seconds():
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                          resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _timed(fn):
-    start = time.perf_counter()
+    """(wall seconds, CPU seconds of this process and its finished children)."""
+    cpu, start = _cpu_seconds(), time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu
+
+
+def _ms(fn, repeats=200):
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1e3
+
+
+def mask_steps(pair):
+    """ms of each per-pair step on one 0/255 mask: the tool's way and the earlier one."""
+    import io
+
+    import numpy as np
+    import tensorflow as tf
+
+    from segdata import png, records
+    _, frame_path, mask_path, _ = pair
+    image = Image.open(mask_path)
+    image.load()
+    array = np.asarray(image)
+    binary = array & 1
+    lut = np.zeros(256, np.uint8)
+    lut[1] = lut[255] = 1
+    with open(frame_path, "rb") as handle:
+        frame = handle.read()
+    mask_png = png.encode_gray(binary)
+
+    def pillow_png():
+        Image.fromarray(binary, "L").save(io.BytesIO(), "PNG", compress_level=1)
+
+    def example_via_features():
+        feature = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))  # noqa
+        number = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))  # noqa
+        features = {"a": feature(frame), "b": feature(b"png"), "c": number(512),
+                    "d": number(512), "e": number(1), "f": feature(mask_png), "g": feature(b"id")}
+        tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+    return {
+        "counts np.bincount (before)": _ms(lambda: np.bincount(array.ravel(), minlength=256)),
+        "counts Image.histogram": _ms(image.histogram),
+        "0/255 -> 0/1 lookup table (before)": _ms(lambda: lut[array]),
+        "0/255 -> 0/1 mask & 1": _ms(lambda: array & 1),
+        "mask PNG, Pillow compress_level=1 (before)": _ms(pillow_png),
+        "mask PNG, segdata.png.encode_gray": _ms(lambda: png.encode_gray(binary)),
+        "Example from Feature messages (before)": _ms(example_via_features),
+        "Example, records.encode_example": _ms(lambda: records.encode_example(
+            "id", frame, "png", 512, 512, 1, mask_png)),
+    }
 
 
 def main(argv):
@@ -84,22 +145,33 @@ def main(argv):
         # Interleaved rounds, median per method: one slow moment on a shared machine then
         # lands in one sample of each method instead of deciding the ratio.
         samples = {name: [] for name in methods}
+        cpu = {name: [] for name in methods}
         for _ in range(FLAGS.repeats):
             for name, method in methods.items():
-                samples[name].append(_timed(method))
+                wall, used = _timed(method)
+                samples[name].append(wall)
+                cpu[name].append(used)
                 shutil.rmtree(os.path.join(scratch, "classic"), ignore_errors=True)
         times = {name: statistics.median(values) for name, values in samples.items()}
+        core_ms = {name: statistics.median(values) / len(pairs) * 1e3
+                   for name, values in cpu.items()}
+        steps = mask_steps(pairs[0])
     rates = {k: len(pairs) / v for k, v in times.items()}
     report = {"pairs": len(pairs), "workers": workers, "repeats": FLAGS.repeats,
               "seconds": times, "samples_s": samples, "pairs_per_s": rates,
+              "core_ms_per_pair": core_ms, "mask_steps_ms": steps,
               "prepare_vs_decode_floor": rates["prepare"] / rates["decode_floor"]}
     if FLAGS.json:
         print(json.dumps(report))
         return 0
     print(f"{len(pairs)} pairs, {workers} workers, median of {FLAGS.repeats} interleaved runs")
     for name in ("decode_floor", "prepare", "classic_copy"):
-        print(f"  {name:13} {times[name]:7.2f} s  {rates[name]:8.1f} pairs/s")
+        print(f"  {name:13} {times[name]:7.2f} s  {rates[name]:8.1f} pairs/s  "
+              f"{core_ms[name]:5.2f} core-ms/pair")
     print(f"  prepare / decode_floor = {report['prepare_vs_decode_floor']:.2f}")
+    print("per-mask steps, one core:")
+    for name, value in steps.items():
+        print(f"  {name:44} {value:6.3f} ms")
     return 0
 
 
