@@ -9,8 +9,8 @@ Measured side by side in one run, on the same files:
                  work validation needs
   classic_copy   the classic recipe: a serial loop copying files into train/val/test
 Each also reports core-milliseconds per pair (user + system time of this process and its
-worker processes), and `mask_steps_ms` times, on the first pair, each per-mask step of the
-tool next to the way it was done before (BENCHMARKS.md §1).
+worker processes), and `steps_ms` times, on the first pair, each per-pair step of the
+tool next to the way it was done before or an alternative tried (BENCHMARKS.md §1).
 """
 import functools
 import json
@@ -79,15 +79,18 @@ def _ms(fn, repeats=200):
     return (time.perf_counter() - start) / repeats * 1e3
 
 
-def mask_steps(pair):
-    """ms of each per-pair step on one 0/255 mask: the tool's way and the earlier one."""
+def pair_steps(pairs):
+    """ms of each per-pair step on the first pair (0/255 mask; frame decodes: per frame over
+    up to 100 different frames): the tool's way and the other one."""
     import io
+    import zlib
 
     import numpy as np
     import tensorflow as tf
 
     from segdata import png, records
-    _, frame_path, mask_path, _ = pair
+    _, frame_path, mask_path, _ = pairs[0]
+    frames = [pair[1] for pair in pairs[:100]]
     image = Image.open(mask_path)
     image.load()
     array = np.asarray(image)
@@ -97,6 +100,23 @@ def mask_steps(pair):
     with open(frame_path, "rb") as handle:
         frame = handle.read()
     mask_png = png.encode_gray(binary)
+
+    def decode_from_bytes():
+        for path in frames:
+            with open(path, "rb") as handle:
+                data = handle.read()
+            Image.open(io.BytesIO(data)).load()
+
+    def decode_from_path():
+        for path in frames:
+            with Image.open(path) as frame_image:
+                frame_image.load()
+
+    def rle_png_payload():
+        rows = np.zeros((binary.shape[0], binary.shape[1] + 1), np.uint8)
+        rows[:, 1:] = binary
+        squeeze = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+        return squeeze.compress(rows) + squeeze.flush()
 
     def pillow_png():
         Image.fromarray(binary, "L").save(io.BytesIO(), "PNG", compress_level=1)
@@ -109,12 +129,18 @@ def mask_steps(pair):
         tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
     return {
+        "frame decode, read whole + from memory (before)":
+            _ms(decode_from_bytes, 3) / len(frames),
+        "frame decode, from its path": _ms(decode_from_path, 3) / len(frames),
         "counts np.bincount (before)": _ms(lambda: np.bincount(array.ravel(), minlength=256)),
         "counts Image.histogram": _ms(image.histogram),
         "0/255 -> 0/1 lookup table (before)": _ms(lambda: lut[array]),
         "0/255 -> 0/1 mask & 1": _ms(lambda: array & 1),
         "mask PNG, Pillow compress_level=1 (before)": _ms(pillow_png),
         "mask PNG, segdata.png.encode_gray": _ms(lambda: png.encode_gray(binary)),
+        "mask PNG, zlib Z_RLE instead (tried)": _ms(rle_png_payload),
+        "mask PNG bytes, encode_gray / Z_RLE": [len(png.encode_gray(binary)),
+                                                len(rle_png_payload())],
         "Example from Feature messages (before)": _ms(example_via_features),
         "Example, records.encode_example": _ms(lambda: records.encode_example(
             "id", frame, "png", 512, 512, 1, mask_png)),
@@ -155,11 +181,11 @@ def main(argv):
         times = {name: statistics.median(values) for name, values in samples.items()}
         core_ms = {name: statistics.median(values) / len(pairs) * 1e3
                    for name, values in cpu.items()}
-        steps = mask_steps(pairs[0])
+        steps = pair_steps(pairs)
     rates = {k: len(pairs) / v for k, v in times.items()}
     report = {"pairs": len(pairs), "workers": workers, "repeats": FLAGS.repeats,
               "seconds": times, "samples_s": samples, "pairs_per_s": rates,
-              "core_ms_per_pair": core_ms, "mask_steps_ms": steps,
+              "core_ms_per_pair": core_ms, "steps_ms": steps,
               "prepare_vs_decode_floor": rates["prepare"] / rates["decode_floor"]}
     if FLAGS.json:
         print(json.dumps(report))
@@ -169,9 +195,10 @@ def main(argv):
         print(f"  {name:13} {times[name]:7.2f} s  {rates[name]:8.1f} pairs/s  "
               f"{core_ms[name]:5.2f} core-ms/pair")
     print(f"  prepare / decode_floor = {report['prepare_vs_decode_floor']:.2f}")
-    print("per-mask steps, one core:")
+    print("per-pair steps, one core:")
     for name, value in steps.items():
-        print(f"  {name:44} {value:6.3f} ms")
+        print(f"  {name:50} {value}" if isinstance(value, list) else
+              f"  {name:50} {value:6.3f} ms")
     return 0
 
 
