@@ -178,7 +178,6 @@ def _photometric_draws(seed, config, image):
     """Every random value of the photometric stage, drawn outside any XLA cluster: XLA's
     stateless RNG gives other numbers, and the fused and plain paths must agree."""
     draws = {}
-    shape = tf.shape(image)
     if config.contrast:
         draws["gain"] = _uniform(seed, 21, 1 - config.contrast, 1 + config.contrast)
     if config.brightness:
@@ -189,7 +188,8 @@ def _photometric_draws(seed, config, image):
         draws["hue"] = _uniform(seed, 24, -config.hue, config.hue)
     if config.noise:
         draws["noise"] = tf.random.stateless_normal(
-            shape, tf.random.experimental.stateless_fold_in(seed, 25), stddev=config.noise)
+            tf.shape(image), tf.random.experimental.stateless_fold_in(seed, 25),
+            stddev=config.noise)
     return draws
 
 
@@ -255,6 +255,12 @@ def _pixel_stage(image, mask, flips, draws, channels):
 _pixel_stage_xla = tf.function(_pixel_stage, jit_compile=True)
 
 
+def warps_image(config, policy, training):
+    """Whether augment_example warps (geometric augmentation or a non-stretch resize); the
+    pipeline asks too, to decide how many channels to decode."""
+    return (training and config is not None and config.warps) or policy != "stretch"
+
+
 def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
                     mask_fill=255, channels=None):
     """(h, w, c) uint8 image and (h, w, 1) mask -> out_size, jointly augmented.
@@ -266,9 +272,8 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     config = config or AugmentConfig()
     in_size = tf.shape(image)[:2]
     geometric = training and config.warps
-    needs_warp = geometric or policy != "stretch"
     flips = training and (config.hflip or config.vflip)
-    if needs_warp:
+    if warps_image(config, policy, training):
         matrix = resize_matrix(in_size, out_size, policy, seed, training)
         if geometric or flips:
             # flips fold into the one warp; same draws (fold_in keys) as _flip_draws

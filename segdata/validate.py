@@ -6,7 +6,6 @@ TensorFlow. A bad pair returns an error string naming the file, never raises.
 
 import io
 import json
-import os
 
 import numpy as np
 from PIL import Image
@@ -125,22 +124,14 @@ class _BadFile(Exception):
     pass
 
 
-def _read_image(path, keep_bytes):
-    """(bytes or None, fully decoded PIL image), or _BadFile whose message names the file.
-
-    Frames are kept as files (the shard writer re-reads them), so their bytes are not held
-    here; decoding from the path and from memory cost the same (benchmark_prepare.py steps).
-    """
+def _read_image(path):
+    """(bytes, fully decoded PIL image), or _BadFile whose message names the file."""
     try:
-        if keep_bytes:
-            with open(path, "rb") as handle:
-                data = handle.read()
-            source = io.BytesIO(data)
-        else:
-            data, source = None, path
-        if (len(data) if keep_bytes else os.path.getsize(path)) == 0:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        if not data:
             raise _BadFile(f"{path}: empty file")
-        with Image.open(source) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes every pixel: catches truncated files, not just bad headers
     except _BadFile:
         raise
@@ -153,8 +144,8 @@ def check_pair(pair, options):
     """pair: (id, frame_path, mask_path, split). Returns a result dict or {"error": ...}."""
     example_id, frame_path, mask_path, split = pair
     try:
-        _, frame = _read_image(frame_path, keep_bytes=False)
-        mask_data, mask_image = _read_image(mask_path, keep_bytes=True)
+        _, frame = _read_image(frame_path)  # kept frames are re-read by the shard writer
+        mask_data, mask_image = _read_image(mask_path)
     except _BadFile as err:
         return {"error": str(err), "id": example_id}
     if frame.size != mask_image.size:
