@@ -70,9 +70,9 @@ flags.DEFINE_float("aug_contrast", 0.0, "Contrast factor range [1-c, 1+c].")
 flags.DEFINE_float("aug_saturation", 0.0, "Saturation factor range (RGB).")
 flags.DEFINE_float("aug_hue", 0.0, "Hue shift range (RGB).")
 flags.DEFINE_float("aug_noise", 0.0, "Gaussian noise stddev, grey levels.")
-flags.DEFINE_bool("aug_xla", True, "Run flips + photometric of an unwarped image as one "
-                  "XLA-compiled stage (faster); --noaug_xla runs them op by op, for TensorFlow "
-                  "builds without XLA's CPU JIT.")
+flags.DEFINE_bool("aug_xla", True, "Run each example's warp (or flips) + photometric as one "
+                  "XLA-compiled stage (2-4x faster); --noaug_xla runs them op by op "
+                  "(ImageProjectiveTransformV3), for TensorFlow builds without XLA's CPU JIT.")
 flags.DEFINE_enum("aug_fill_mode", "constant", ["constant", "reflect", "nearest"],
                   "Outside the image after a warp; constant fills masks with --mask_fill.")
 flags.DEFINE_integer("mask_fill", -1, "Mask value for padded/warped-in pixels; -1: ignore label.")

@@ -37,7 +37,7 @@ class AugmentConfig:
     hue: float = 0.0          # RGB only: shift U[-h, h] (fraction of the colour wheel)
     noise: float = 0.0        # gaussian noise, stddev in grey levels
     fill_mode: str = "constant"  # outside the image: constant (mask -> mask_fill), reflect, nearest
-    xla: bool = True          # unwarped flips + photometric as one XLA-compiled stage
+    xla: bool = True          # warp (or flips) + photometric as one XLA-compiled stage
 
     @classmethod
     def from_flags(cls, flag_values, prefix="aug_"):
@@ -159,24 +159,91 @@ def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="con
     return tf.cast(tf.round(out), tf.uint8) if detour and not keep_float else out
 
 
-def to_uint8(pixels, channels=None):
-    """float32 (h, w, c) pixels -> rounded, clipped uint8; `channels=3` expands a gray image.
+def _map_coordinate(coord, length, fill_mode):
+    """Where a source coordinate outside [0, length) reads from: ImageProjectiveTransformV3's
+    MapCoordinate for each fill mode ("constant" leaves it outside, to read the fill value)."""
+    length = tf.cast(length, tf.float32)
+    if fill_mode == "constant":
+        return coord
+    if fill_mode == "reflect":
+        # [abcd] -> [dcba|abcd|dcba], periodically
+        period = 2 * length
+        below = period * tf.floor(-coord / period) + coord
+        below = tf.where(below < -length, below + period, -below - 1)
+        above = coord - period * tf.floor(coord / period)
+        above = tf.where(above >= length, period - above - 1, above)
+        coord = tf.where(coord < 0, below, tf.where(coord > length - 1, above, coord))
+        coord = tf.where(length <= 1, tf.zeros_like(coord), coord)
+    return tf.clip_by_value(coord, 0.0, length - 1)
 
-    The expansion is a (pixels, 1) x (1, 3) matmul on the floats about to be cast anyway:
-    +0.5 ms at 512x512, where expanding the uint8 result costs +0.85 ms (tf.tile,
-    tf.broadcast_to and grayscale_to_rgb all take a slow strided path; benchmark_warp.py).
+
+def _read(flat, channels, row_stride, size, y, x, fill_value):
+    """pixel (y, x) of a flattened (h, row_stride, channels) image for integer maps y, x of
+    the output's shape; fill_value outside `size`. One scalar gather per channel: XLA
+    vectorises those, not a gather of (channels,) rows (2.3 vs 6.2 ms, 3 channels)."""
+    inside = (y >= 0) & (y < size[0]) & (x >= 0) & (x < size[1])
+    pixel = tf.clip_by_value(y, 0, size[0] - 1) * row_stride + tf.clip_by_value(x, 0, size[1] - 1)
+    values = tf.gather(flat, pixel[..., None] * channels + tf.range(channels))
+    return tf.where(inside[..., None], values, tf.cast(fill_value, flat.dtype))
+
+
+def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill):
+    """The one affine warp (image bilinear, mask nearest), photometric and the cast to uint8.
+
+    The same arithmetic as ImageProjectiveTransformV3 written as gathers, so that XLA
+    compiles it into one loop over the output pixels that computes each source coordinate
+    once for the image and the mask (the op recomputes it per channel, per tensor): 4x
+    faster for a gray 512x512 pair, 4x for RGB (tools/benchmark_warp.py). image/mask may be padded past
+    `size` (their true height, width), which is what bounds the reads.
     """
-    x = tf.clip_by_value(tf.round(pixels), 0, 255)
-    if channels == 3 and x.shape[-1] == 1:
-        size = tf.shape(x)[:2]
-        x = tf.reshape(tf.matmul(tf.reshape(x, [-1, 1]), tf.ones([1, 3])),
-                       tf.concat([size, [3]], 0))
-    return tf.cast(x, tf.uint8)
+    t = tf.reshape(matrix, [9]) / matrix[2, 2]  # affine: the bottom row is (0, 0, 1)
+    out_y, out_x = tf.meshgrid(tf.range(out_size[0], dtype=tf.float32),
+                               tf.range(out_size[1], dtype=tf.float32), indexing="ij")
+    x = _map_coordinate(t[0] * out_x + t[1] * out_y + t[2], size[1], fill_mode)
+    y = _map_coordinate(t[3] * out_x + t[4] * out_y + t[5], size[0], fill_mode)
+    stride, channels = tf.shape(image)[1], image.shape[-1]
+    flat = tf.reshape(tf.cast(image, tf.float32), [-1])
+    x0, y0 = tf.floor(x), tf.floor(y)
+    left, top = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+    row = lambda r: ((1 - wx) * _read(flat, channels, stride, size, r, left, 0)  # noqa: E731
+                     + wx * _read(flat, channels, stride, size, r, left + 1, 0))
+    warped = (1 - wy) * row(top) + wy * row(top + 1)
+    # std::round (half away from zero), as the op's nearest-neighbour read
+    nearest = lambda v: tf.cast(tf.sign(v) * tf.floor(tf.abs(v) + 0.5), tf.int32)  # noqa: E731
+    mask = _read(tf.reshape(mask, [-1]), 1, stride, size, nearest(y), nearest(x), mask_fill)
+    return _photometric_pixels(warped, draws), mask
 
 
-def _photometric_draws(seed, config, image):
-    """Every random value of the photometric stage, drawn outside any XLA cluster: XLA's
-    stateless RNG gives other numbers, and the fused and plain paths must agree."""
+# One compile per (padded input shape, out_size, fill mode, set of draws): inputs are padded
+# up to a multiple of _PAD_TO so that datasets of many frame sizes compile a few times, not
+# once per size (~0.2 s each).
+_warp_stage_xla = tf.function(_warp_stage, jit_compile=True)
+_PAD_TO = 64
+
+# Gray -> RGB as its own XLA cluster: inside the stage XLA fuses the warp into the
+# expansion and computes it once per channel (3.5x slower); the matmul of to_uint8 and
+# tf.image.grayscale_to_rgb cost 2-3x more (tools/benchmark_warp.py).
+_gray_to_rgb_xla = tf.function(lambda x: tf.concat([x, x, x], -1), jit_compile=True)
+
+
+def _pad_to_bucket(x):
+    size = tf.shape(x)[:2]
+    extra = -size % _PAD_TO
+    # tf.pad copies even when nothing is added (0.2 ms at 512x512)
+    return tf.cond(tf.reduce_any(extra > 0),
+                   lambda: tf.pad(x, [[0, extra[0]], [0, extra[1]], [0, 0]]), lambda: x)
+
+
+def to_uint8(pixels):
+    """float32 pixels -> rounded, clipped uint8."""
+    return tf.cast(tf.clip_by_value(tf.round(pixels), 0, 255), tf.uint8)
+
+
+def _photometric_draws(seed, config, shape):
+    """Every random value of the photometric stage for an image of `shape`, drawn outside
+    any XLA cluster: XLA's stateless RNG gives other numbers, and the fused and plain paths
+    must agree."""
     draws = {}
     if config.contrast:
         draws["gain"] = _uniform(seed, 21, 1 - config.contrast, 1 + config.contrast)
@@ -188,7 +255,7 @@ def _photometric_draws(seed, config, image):
         draws["hue"] = _uniform(seed, 24, -config.hue, config.hue)
     if config.noise:
         draws["noise"] = tf.random.stateless_normal(
-            tf.shape(image), tf.random.experimental.stateless_fold_in(seed, 25),
+            shape, tf.random.experimental.stateless_fold_in(seed, 25),
             stddev=config.noise)
     return draws
 
@@ -201,7 +268,7 @@ def _mean(image):
     return tf.reduce_mean(image)
 
 
-def _photometric_pixels(image, draws, channels):
+def _photometric_pixels(image, draws):
     x = tf.cast(image, tf.float32)
     if "gain" in draws or "bias" in draws:
         # brightness and contrast folded into one affine pass over the pixels
@@ -217,13 +284,13 @@ def _photometric_pixels(image, draws, channels):
         x = x * 255
     if "noise" in draws:
         x = x + draws["noise"]
-    return to_uint8(x, channels)
+    return to_uint8(x)
 
 
-def photometric(image, seed, config, channels=None):
+def photometric(image, seed, config):
     """Image-only colour changes on a uint8 (or not yet rounded float32) (h, w, c) image;
-    returns uint8 (`channels=3`: a gray image comes back expanded to RGB)."""
-    return _photometric_pixels(image, _photometric_draws(seed, config, image), channels)
+    returns uint8."""
+    return _photometric_pixels(image, _photometric_draws(seed, config, tf.shape(image)))
 
 
 def _flip_draws(seed, config):
@@ -238,27 +305,35 @@ def _reverse(x, axis):
     return tf.reverse(x, [axis])
 
 
-def _pixel_stage(image, mask, flips, draws, channels):
+def _pixel_stage(image, mask, flips, draws):
     """Flips (when no warp took them), photometric and the cast back to uint8."""
     for flip, axis in zip(flips, (1, 0)):
         image, mask = tf.cond(flip, lambda: (_reverse(image, axis), _reverse(mask, axis)),
                               lambda: (image, mask))
-    return _photometric_pixels(image, draws, channels), mask
+    return _photometric_pixels(image, draws), mask
 
 
-# On a uint8 image (no warp) flips + photometric through XLA are one fused pass over the
-# pixels instead of a copy per reverse plus one per arithmetic op: the stage is 1.5-2x faster
-# at 512x512x3 (tools/benchmark_warp.py), a small gain end to end (BENCHMARKS.md §2). After a
-# warp the image is already float and XLA was no faster there, so that path stays op by op.
-# One compile per (shape, channels, set of draws): the pipeline's shapes are fixed by
-# --image_size, so once per run. AugmentConfig.xla=False (--noaug_xla) turns it off.
+# On an unwarped image flips + photometric through XLA are one fused pass over the pixels
+# instead of a copy per reverse plus one per arithmetic op: 1.5-2x faster at 512x512
+# (tools/benchmark_warp.py). One compile per (shape, set of draws): the pipeline's shapes
+# are fixed by --image_size, so once per run. AugmentConfig.xla=False (--noaug_xla) runs
+# this stage and the warp op by op instead.
 _pixel_stage_xla = tf.function(_pixel_stage, jit_compile=True)
 
 
 def warps_image(config, policy, training):
-    """Whether augment_example warps (geometric augmentation or a non-stretch resize); the
-    pipeline asks too, to decide how many channels to decode."""
+    """Whether augment_example warps (geometric augmentation or a non-stretch resize)."""
     return (training and config is not None and config.warps) or policy != "stretch"
+
+
+def expands_gray_itself(config, policy, training):
+    """Whether augment_example should get a gray image that is wanted as RGB still gray: its
+    work then runs on one channel and the result is expanded once. Otherwise (nothing to do
+    but resize) the PNG/JPEG decoder's expansion is cheapest: +0.1 ms at 512x512, where a
+    tensor op costs 0.3-0.9 ms (tools/benchmark_warp.py)."""
+    pixel_stage = (training and config is not None and config.xla
+                   and (config.hflip or config.vflip or config.photometric))
+    return warps_image(config, policy, training) or pixel_stage
 
 
 def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
@@ -266,41 +341,45 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     """(h, w, c) uint8 image and (h, w, 1) mask -> out_size, jointly augmented.
 
     `config=None` (evaluation) applies only the resize policy. `channels=3` returns a
-    1-channel image as RGB, expanded at the last float step (after the warp, which costs
-    per channel).
+    1-channel image as RGB, expanded after everything else (which then runs on 1 channel).
     """
     config = config or AugmentConfig()
     in_size = tf.shape(image)[:2]
-    geometric = training and config.warps
     flips = training and (config.hflip or config.vflip)
+    out_shape = tf.concat([out_size, tf.shape(image)[-1:]], 0)
+    draws = _photometric_draws(seed, config, out_shape) if training and config.photometric else {}
     if warps_image(config, policy, training):
         matrix = resize_matrix(in_size, out_size, policy, seed, training)
-        if geometric or flips:
+        if training and (config.warps or flips):
             # flips fold into the one warp; same draws (fold_in keys) as _flip_draws
             matrix = matrix @ augmentation_matrix(seed, config, out_size)
-            flips = False
-        image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode,
-                     keep_float=True)[0]
-        mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill, config.fill_mode)[0]
+        if config.xla:
+            image, mask = _warp_stage_xla(_pad_to_bucket(image), _pad_to_bucket(mask), in_size,
+                                          matrix, draws, out_size, config.fill_mode, mask_fill)
+        else:
+            image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode,
+                         keep_float=True)[0]
+            mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill,
+                        config.fill_mode)[0]
+            image = _photometric_pixels(image, draws)
     else:
         # Plain stretch: resize only when the size differs (pre-resized records skip it).
         same = tf.reduce_all(tf.equal(in_size, out_size))
         image, mask = tf.cond(
             same, lambda: (image, mask),
-            lambda: (tf.cast(tf.round(tf.image.resize(image, out_size, antialias=False)), tf.uint8),
+            lambda: (tf.cast(tf.round(tf.image.resize(image, out_size, antialias=False)),
+                             tf.uint8),
                      tf.image.resize(mask, out_size, method="nearest")))
+        image = tf.ensure_shape(image, [out_size[0], out_size[1], None])
+        if flips or draws:
+            # Flips alone need no warp: a reverse is a copy, a warp costs milliseconds.
+            flip_draws = _flip_draws(seed, config) if flips else (tf.constant(False),) * 2
+            stage = _pixel_stage_xla if config.xla else _pixel_stage
+            image, mask = stage(image, mask, flip_draws, draws)
     image = tf.ensure_shape(image, [out_size[0], out_size[1], None])
     mask = tf.ensure_shape(mask, [out_size[0], out_size[1], 1])
-    if flips or (training and config.photometric):
-        # Flips alone need no warp: a reverse is a copy, a warp costs milliseconds.
-        draws = _photometric_draws(seed, config, image)  # {} unless photometric is on
-        flip_draws = _flip_draws(seed, config) if flips else (tf.constant(False),) * 2
-        stage = _pixel_stage_xla if config.xla and image.dtype == tf.uint8 else _pixel_stage
-        return stage(image, mask, flip_draws, draws, channels)
-    if image.dtype != tf.uint8:
-        return to_uint8(image, channels), mask
     if channels == 3 and image.shape[-1] == 1:
-        return tf.image.grayscale_to_rgb(image), mask
+        image = _gray_to_rgb_xla(image) if config.xla else tf.image.grayscale_to_rgb(image)
     return image, mask
 
 

@@ -71,11 +71,9 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     stored_channels = manifest.get("channels", 3)
     want_channels = channels or stored_channels
     host_config = augment_config if (training and augment_on == "host") else None
-    # Gray records asked for as RGB: the PNG/JPEG decoder expands rows as it goes (+0.1 ms
-    # at 512x512) where a tensor op costs 0.9 ms; but an image about to be warped stays one
-    # channel until after the warp, which costs per channel.
+    # Gray records asked for as RGB: expanded by the decoder, or by augment after its work
     decode_channels = 3 if (want_channels == 3 and stored_channels == 1
-                            and not augment.warps_image(host_config, resize, training)
+                            and not augment.expands_gray_itself(host_config, resize, training)
                             ) else stored_channels
     decode = lambda raw: records.decode(records.parse_raw(raw), decode_channels)  # noqa: E731
     dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)

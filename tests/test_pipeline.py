@@ -200,9 +200,11 @@ def test_photometric_same_eagerly_and_in_dataset_map():
 
 @pytest.mark.parametrize("aug,on,split", [
     (None, "host", "val"),                                        # decoder expands
-    (dict(hflip=True, brightness=0.2, contrast=0.2), "host", "train"),  # decoder expands
-    (dict(rotation=30, zoom=0.2), "host", "train"),               # warp, then to_uint8 expands
-    (dict(rotation=30, contrast=0.2), "host", "train"),           # warp + photometric expands
+    (dict(hflip=True, brightness=0.2, contrast=0.2), "host", "train"),  # XLA stage, expands
+    (dict(rotation=30, zoom=0.2), "host", "train"),               # XLA warp, then expands
+    (dict(rotation=30, contrast=0.2), "host", "train"),           # XLA warp + photometric
+    (dict(rotation=30, contrast=0.2, xla=False), "host", "train"),  # op by op, then expands
+    (dict(hflip=True, contrast=0.2, xla=False), "host", "train"),   # decoder expands
     (dict(rotation=30, contrast=0.2), "device", "train"),         # decoder expands
 ])
 def test_gray_asked_as_rgb_is_the_gray_output_repeated(binary_records, aug, on, split):
@@ -216,12 +218,41 @@ def test_gray_asked_as_rgb_is_the_gray_output_repeated(binary_records, aug, on, 
         np.testing.assert_array_equal(rgb[1].numpy(), gray[1].numpy())
 
 
-def test_to_uint8_rounds_clips_and_expands_like_numpy():
+def test_to_uint8_and_gray_to_rgb_like_numpy():
     pixels = np.random.default_rng(4).uniform(-40, 300, (5, 7, 1)).astype(np.float32)
     expected = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(augment.to_uint8(tf.constant(pixels)).numpy(), expected)
-    np.testing.assert_array_equal(augment.to_uint8(tf.constant(pixels), 3).numpy(),
+    np.testing.assert_array_equal(augment._gray_to_rgb_xla(tf.constant(expected)).numpy(),
                                   np.repeat(expected, 3, axis=-1))
+
+
+@pytest.mark.parametrize("fill_mode", augment.FILL_MODES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_xla_gather_warp_matches_image_projective_transform(fill_mode, channels):
+    """The XLA warp stage against ImageProjectiveTransformV3 on random pixels, with the input
+    padded past its true size as the pipeline pads it: same pixels up to float rounding at
+    .5, same mask labels except where a coordinate lands within float error of a .5."""
+    rng = np.random.default_rng(channels)
+    image = rng.integers(0, 255, (37, 45, channels), dtype=np.uint8)
+    mask = rng.integers(0, 4, (37, 45, 1), dtype=np.uint8)
+    config = augment.AugmentConfig(hflip=True, rotation=40, shear=10, zoom=0.3, shift=0.2)
+    for seed in range(4):
+        key = tf.constant([seed, 1], tf.int64)
+        matrix = (augment.resize_matrix(tf.constant([37, 45]), (30, 50))
+                  @ augment.augmentation_matrix(key, config, (30, 50)))
+        expected_image = augment.warp(image[None], matrix[None], (30, 50), "BILINEAR", 0,
+                                      fill_mode)[0].numpy().astype(int)
+        expected_mask = augment.warp(mask[None], matrix[None], (30, 50), "NEAREST", 255,
+                                     fill_mode)[0].numpy()
+        got_image, got_mask = augment._warp_stage_xla(
+            augment._pad_to_bucket(tf.constant(image)), augment._pad_to_bucket(tf.constant(mask)),
+            tf.constant([37, 45]), matrix, {}, (30, 50), fill_mode, 255)
+        diff = np.abs(got_image.numpy().astype(int) - expected_image)
+        assert got_image.shape == (30, 50, channels) and got_image.dtype == tf.uint8
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99
+        assert (got_mask.numpy() == expected_mask).mean() > 0.995
+        if fill_mode == "constant":
+            assert (expected_mask == 255).any()  # the test reaches outside the image
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -232,13 +263,13 @@ def test_xla_pixel_stage_matches_op_by_op(channels):
     image = tf.constant(rng.integers(0, 255, (33, 40, channels), dtype=np.uint8))
     mask = tf.constant(rng.integers(0, 3, (33, 40, 1), dtype=np.uint8))
     config = augment.AugmentConfig(brightness=0.2, contrast=0.3, saturation=0.4, hue=0.1, noise=4)
-    draws = augment._photometric_draws(tf.constant([2, 7], tf.int64), config, image)
+    draws = augment._photometric_draws(tf.constant([2, 7], tf.int64), config, image.shape)
     for flips in ((False, False), (True, False), (False, True), (True, True)):
         flags_ = tuple(tf.constant(f) for f in flips)
-        fused = augment._pixel_stage_xla(image, mask, flags_, draws, 3)
-        plain = augment._pixel_stage(image, mask, flags_, draws, 3)
+        fused = augment._pixel_stage_xla(image, mask, flags_, draws)
+        plain = augment._pixel_stage(image, mask, flags_, draws)
         expected_mask = mask.numpy()[:, ::-1 if flips[0] else 1][::-1 if flips[1] else 1]
         np.testing.assert_array_equal(fused[1].numpy(), expected_mask)
         np.testing.assert_array_equal(plain[1].numpy(), expected_mask)
         diff = np.abs(fused[0].numpy().astype(int) - plain[0].numpy().astype(int))
-        assert fused[0].shape == (33, 40, 3) and diff.max() <= 1 and (diff == 0).mean() > 0.99
+        assert fused[0].shape == (33, 40, channels) and diff.max() <= 1 and (diff == 0).mean() > 0.99

@@ -3,10 +3,10 @@
     python tools/benchmark_warp.py [--size=512]
 
 Rows: ImageProjectiveTransformV3 on uint8 vs float32, 1 vs 3 channels, bilinear vs
-nearest; the image+mask pair in one tf.function; and the rejected alternative, a
-shared-coordinate gather warp (grid computed once, 4 gathers bilinear + 1 gather nearest).
-Then the per-pixel steps around the warp: gray -> RGB expansion, flips, and the
-flips + brightness/contrast stage op by op vs compiled by XLA.
+nearest; the image+mask pair as the op (--noaug_xla) vs augment's gather warp run op by op
+and compiled by XLA; gray -> RGB expansion after the warp, in the same XLA cluster
+(rejected) vs its own; whole augment_example calls with and without XLA; and the
+flips + brightness/contrast stage of an unwarped image op by op vs XLA.
 """
 import time
 
@@ -19,6 +19,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 512, "Square image side.")
 flags.DEFINE_integer("repeats", 30, "Timed calls per row.")
 
+FULL = dict(hflip=True, rotation=20, zoom=0.1, shear=5, shift=0.05, brightness=0.1, contrast=0.1)
+
 
 def _ms(fn, *args):
     fn(*args)
@@ -28,30 +30,8 @@ def _ms(fn, *args):
     return (time.perf_counter() - start) / FLAGS.repeats * 1e3
 
 
-def gather_pair(image, mask, matrix, size):
-    """The alternative: one sampling grid for both, gathers instead of the op."""
-    import tensorflow as tf
-    ys, xs = tf.meshgrid(tf.range(size, dtype=tf.float32), tf.range(size, dtype=tf.float32),
-                         indexing="ij")
-    sx = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2]
-    sy = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2]
-    last = float(size - 1)
-    flat_image = tf.reshape(tf.cast(image, tf.float32), [-1])
-
-    def at(flat, yy, xx, fill):
-        inside = (xx >= 0) & (xx <= last) & (yy >= 0) & (yy <= last)
-        index = (tf.cast(tf.clip_by_value(yy, 0, last), tf.int32) * size
-                 + tf.cast(tf.clip_by_value(xx, 0, last), tf.int32))
-        return tf.where(inside, tf.gather(flat, index), fill)
-
-    mask_out = at(tf.reshape(mask, [-1]), tf.round(sy), tf.round(sx), tf.constant(255, tf.uint8))
-    x0, y0 = tf.floor(sx), tf.floor(sy)
-    fx, fy = sx - x0, sy - y0
-    out = (at(flat_image, y0, x0, 0.0) * (1 - fx) * (1 - fy)
-           + at(flat_image, y0, x0 + 1, 0.0) * fx * (1 - fy)
-           + at(flat_image, y0 + 1, x0, 0.0) * (1 - fx) * fy
-           + at(flat_image, y0 + 1, x0 + 1, 0.0) * fx * fy)
-    return tf.cast(tf.round(out), tf.uint8)[..., None], mask_out[..., None]
+def _row(name, fn, *args):
+    print(f"{name:56} {_ms(fn, *args):6.2f} ms")
 
 
 def main(argv):
@@ -61,8 +41,8 @@ def main(argv):
     from segdata import augment
     size = (FLAGS.size, FLAGS.size)
     rng = np.random.default_rng(0)
-    matrix = augment.augmentation_matrix(tf.constant([1, 2], tf.int64),
-                                         augment.AugmentConfig(rotation=20, zoom=0.1), size)
+    seed = tf.constant([1, 2], tf.int64)
+    matrix = augment.augmentation_matrix(seed, augment.AugmentConfig(rotation=20, zoom=0.1), size)
     raw = tf.raw_ops.ImageProjectiveTransformV3
     transforms = (tf.reshape(matrix, [-1])[:8] / matrix[2, 2])[None]
     for dtype in ("uint8", "float32"):
@@ -72,17 +52,39 @@ def main(argv):
                 op = tf.function(lambda x, i=interpolation: raw(
                     images=x, transforms=transforms, output_shape=size, fill_value=0.0,
                     interpolation=i, fill_mode="CONSTANT"))
-                print(f"V3 {dtype:7} {channels}ch {interpolation:8} {_ms(op, images):6.2f} ms")
-    image = tf.constant(rng.integers(0, 255, size + (1,)).astype("uint8"))
+                _row(f"V3 {dtype:7} {channels}ch {interpolation}", op, images)
     mask = tf.constant(rng.integers(0, 2, size + (1,)).astype("uint8"))
-    pair = tf.function(lambda i, m: (
-        augment.warp(i[None], matrix[None], size, "BILINEAR")[0],
-        augment.warp(m[None], matrix[None], size, "NEAREST", 255)[0]))
-    gathered = tf.function(lambda i, m: gather_pair(i, m, matrix, FLAGS.size))
-    print(f"pair (image bilinear + mask nearest, as the pipeline) {_ms(pair, image, mask):6.2f} ms")
-    print(f"pair by shared-grid gathers (rejected)             {_ms(gathered, image, mask):6.2f} ms")
-    agree = (pair(image, mask)[1].numpy() == gathered(image, mask)[1].numpy()).mean()
-    print(f"mask agreement between the two: {agree:.5f}")
+    true_size = tf.constant(size)
+    for channels in (1, 3):
+        image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
+        op_pair = tf.function(lambda i, m: (
+            augment.warp(i[None], matrix[None], size, "BILINEAR")[0],
+            augment.warp(m[None], matrix[None], size, "NEAREST", 255)[0]))
+        stage = lambda fn: (lambda i, m: fn(i, m, true_size, matrix, {}, size,  # noqa: E731
+                                            "constant", 255))
+        _row(f"{channels}ch pair, ImageProjectiveTransformV3 x2", op_pair, image, mask)
+        _row(f"{channels}ch pair, gather warp op by op",
+             tf.function(stage(augment._warp_stage)), image, mask)
+        _row(f"{channels}ch pair, gather warp, XLA (the pipeline)",
+             stage(augment._warp_stage_xla), image, mask)
+        agree = (op_pair(image, mask)[1].numpy()
+                 == augment._warp_stage_xla(image, mask, true_size, matrix, {}, size,
+                                            "constant", 255)[1].numpy()).mean()
+        print(f"   mask agreement, op vs XLA gather warp: {agree:.5f}")
+    gray = tf.constant(rng.integers(0, 255, size + (1,)).astype("uint8"))
+    fused_expand = tf.function(lambda i, m: tf.concat([augment._warp_stage(
+        i, m, true_size, matrix, {}, size, "constant", 255)[0]] * 3, -1), jit_compile=True)
+    _row("gray pair + RGB expansion in the same XLA cluster (rejected)", fused_expand, gray, mask)
+    _row("gray pair, XLA, then expansion as its own cluster", lambda i, m: augment._gray_to_rgb_xla(
+        stage(augment._warp_stage_xla)(i, m)[0]), gray, mask)
+    for channels in (1, 3):
+        image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
+        for xla in (False, True):
+            config = augment.AugmentConfig(**FULL, xla=xla)
+            call = tf.function(lambda i, m, c=config: augment.augment_example(
+                i, m, seed, size, c, channels=3))
+            _row(f"augment_example {channels}ch -> RGB, full augmentation, xla={xla}", call,
+                 image, mask)
     pixel_steps(size, rng)
     return 0
 
@@ -92,29 +94,26 @@ def pixel_steps(size, rng):
 
     from segdata import augment
     gray = tf.constant(rng.integers(0, 255, size + (1,)).astype("uint8"))
-    rgb = tf.constant(rng.integers(0, 255, size + (3,)).astype("uint8"))
     mask = tf.constant(rng.integers(0, 2, size + (1,)).astype("uint8"))
-    warped = tf.cast(gray, tf.float32) + 0.25  # what a warp hands on
     rows = {
-        "gray -> RGB, tf.image.grayscale_to_rgb (uint8)": (tf.image.grayscale_to_rgb, gray),
-        "gray -> RGB, tf.broadcast_to (uint8)": (
-            lambda x: tf.broadcast_to(x, size + (3,)), gray),
-        "float -> uint8, 1 channel": (augment.to_uint8, warped),
-        "float -> uint8 RGB, to_uint8 matmul expansion": (lambda x: augment.to_uint8(x, 3), warped),
-        "reverse (h, w, 1) along w": (lambda x: tf.reverse(x, [1]), mask),
-        "reverse (h, w) along w": (lambda x: tf.reverse(x[..., 0], [1]), mask),
+        "gray -> RGB, tf.image.grayscale_to_rgb": (tf.image.grayscale_to_rgb, gray),
+        "gray -> RGB, tf.broadcast_to": (lambda x: tf.broadcast_to(x, size + (3,)), gray),
+        "gray -> RGB, concat in XLA (the pipeline)": (augment._gray_to_rgb_xla, gray),
+        "reverse (h, w, 1) along w": (tf.function(lambda x: tf.reverse(x, [1])), mask),
+        "reverse (h, w) along w": (tf.function(lambda x: tf.reverse(x[..., 0], [1])), mask),
     }
     for name, (fn, arg) in rows.items():
-        print(f"{name:48} {_ms(tf.function(fn), arg):6.2f} ms")
+        _row(name, tf.function(fn), arg)
     config = augment.AugmentConfig(brightness=0.1, contrast=0.1)
-    draws = augment._photometric_draws(tf.constant([1, 2], tf.int64), config, rgb)
     plain = tf.function(augment._pixel_stage)
-    for flips in ((False, False), (True, False), (True, True)):
-        flags_ = tuple(tf.constant(f) for f in flips)
-        label = f"RGB flips {flips[0]:d}{flips[1]:d} + brightness/contrast"
-        print(f"{label + ', op by op':48} {_ms(plain, rgb, mask, flags_, draws, None):6.2f} ms")
-        print(f"{label + ', XLA':48} "
-              f"{_ms(augment._pixel_stage_xla, rgb, mask, flags_, draws, None):6.2f} ms")
+    for channels in (1, 3):
+        image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
+        draws = augment._photometric_draws(tf.constant([1, 2], tf.int64), config, image.shape)
+        for flips in ((False, False), (True, True)):
+            flags_ = tuple(tf.constant(f) for f in flips)
+            label = f"{channels}ch flips {flips[0]:d}{flips[1]:d} + brightness/contrast"
+            _row(label + ", op by op", plain, image, mask, flags_, draws)
+            _row(label + ", XLA", augment._pixel_stage_xla, image, mask, flags_, draws)
 
 
 if __name__ == "__main__":
