@@ -8,18 +8,22 @@ the classic baseline), all at --image_size (default 512x512):
   pipeline_light    training pipeline, flips + photometric only
   pipeline_light_no_xla  the same with --noaug_xla (flips + photometric op by op)
   pipeline          training pipeline, flip + rotate + zoom + shear + shift + photometric
+  pipeline_no_xla   the same with --noaug_xla (ImageProjectiveTransformV3, photometric op by op)
   pipeline_device   host side of --augment_on=device (decode + resize; warps run on the GPU)
   classic_baseline  two Keras ImageDataGenerator.flow_from_directory iterators zipped with
                     one seed, same augmentations (needs `pip install --no-deps tf_keras`,
                     for this benchmark only)
-Each row is also measured on 1 core (a private 1-thread tf.data pool) unless --nocores.
+Each row is also measured on 1 core (a child process pinned to one CPU) unless --nocores.
 With --data_service=grpc://HOST:PORT the `pipeline` row also runs through that tf.data
 service (start it with tools/data_service.py).
 """
+import contextlib
 import functools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 from absl import app, flags
@@ -32,7 +36,9 @@ flags.DEFINE_string("split", "train", "Split to read.")
 flags.DEFINE_integer("image_size", 512, "Output side.")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
 flags.DEFINE_integer("images", 400, "Images per measurement (after a warm-up batch).")
-flags.DEFINE_bool("cores", True, "Also measure with a single core.")
+flags.DEFINE_bool("cores", True, "Also measure with a single core (a child process pinned to "
+                  "one CPU).")
+flags.DEFINE_list("rows", [], "Measure only these rows (default: all).")
 flags.DEFINE_bool("classic", True, "Measure the classic ImageDataGenerator baseline.")
 flags.DEFINE_string("files", "", "frames/ + masks/ folder for the classic baseline "
                     "(default: the manifest's source).")
@@ -57,12 +63,24 @@ def _rate(dataset, images):
     return count / (time.perf_counter() - start)
 
 
-def _single_core(dataset):
-    import tensorflow as tf
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = 1
-    options.threading.max_intra_op_parallelism = 1
-    return dataset.with_options(options)
+def _one_core_rates(names):
+    """Rows `names` measured once by this tool in a child process pinned to one CPU.
+
+    tf.data's own thread options (a 1-thread private pool) do not bound the threads of
+    ops and XLA-compiled stages, which use TensorFlow's intra-op pool: only the OS can
+    say "one core", and TensorFlow sizes its pools from the affinity it starts with.
+    """
+    cpu = min(os.sched_getaffinity(0))
+    command = [sys.executable, os.path.abspath(__file__), f"--data_dir={FLAGS.data_dir}",
+               f"--split={FLAGS.split}", f"--image_size={FLAGS.image_size}",
+               f"--batch_size={FLAGS.batch_size}", f"--images={FLAGS.images // 2}",
+               f"--rows={','.join(names)}", "--repeats=1", "--nocores", "--noclassic", "--json"]
+    child = subprocess.run(command, capture_output=True, text=True,
+                           preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    if child.returncode:
+        raise RuntimeError(f"1-core run failed ({' '.join(command)}):\n{child.stderr[-2000:]}")
+    rates = json.loads(child.stdout.strip().splitlines()[-1])
+    return {name: rates[name] for name in names}
 
 
 def decode_limit(data_dir, split):
@@ -117,7 +135,9 @@ def local_service_rates(make_pipeline, images):
 
 def _classic_rate(files):
     try:
-        iterator = classic_baseline(files, FLAGS.image_size, FLAGS.batch_size)
+        # flow_from_directory prints "Found N images" to stdout, which --json keeps for JSON
+        with contextlib.redirect_stdout(sys.stderr):
+            iterator = classic_baseline(files, FLAGS.image_size, FLAGS.batch_size)
     except ImportError:
         return None  # tf_keras not installed
     next(iterator)
@@ -139,14 +159,12 @@ def main(argv):
         "pipeline_light": lambda: make(LIGHT),
         "pipeline_light_no_xla": lambda: make(dict(LIGHT, xla=False)),
         "pipeline": lambda: make(FULL),
+        "pipeline_no_xla": lambda: make(dict(FULL, xla=False)),
         "pipeline_device": lambda: make(FULL, "device"),
     }
-    rows = {}
-    for name, build in cases.items():
-        rows[name] = functools.partial(lambda b: _rate(b(), FLAGS.images), build)
-        if FLAGS.cores and not name.endswith("no_xla"):
-            rows[name + "_1core"] = functools.partial(
-                lambda b: _rate(_single_core(b()), FLAGS.images // 2), build)
+    rows = {name: functools.partial(lambda b: _rate(b(), FLAGS.images), build)
+            for name, build in cases.items() if not FLAGS.rows or name in FLAGS.rows}
+    one_core = [name for name in rows if not name.endswith("no_xla")] if FLAGS.cores else []
     if FLAGS.data_service and FLAGS.data_service != "local":
         from segdata import service
         rows["pipeline_data_service"] = lambda: _rate(
@@ -156,26 +174,30 @@ def main(argv):
         rows["classic_baseline"] = functools.partial(_classic_rate, files)
     # Rows take turns, round after round: a slow spell of this shared machine then costs
     # each row one sample out of --repeats instead of deciding a ratio.
-    samples = {name: [] for name in rows}
+    samples = {name: [] for name in rows} | {name + "_1core": [] for name in one_core}
     for _ in range(FLAGS.repeats):
         for name, measure in rows.items():
             samples[name].append(measure())
+        if one_core:
+            for name, rate in _one_core_rates(one_core).items():
+                samples[name + "_1core"].append(rate)
     results = {name: (statistics.median(values) if None not in values else None)
                for name, values in samples.items()}
     if FLAGS.data_service == "local":
         results.update(local_service_rates(lambda: make(FULL), FLAGS.images))
-    limit = results["decode_limit"]
+    limit = results.get("decode_limit")
     ratios = {f"{k}_vs_decode_limit": v / limit for k, v in results.items()
-              if v and k.startswith("pipeline") and not k.endswith("_1core")}
-    if results.get("classic_baseline"):
+              if v and limit and k.startswith("pipeline") and not k.endswith("_1core")}
+    if results.get("classic_baseline") and "pipeline" in results:
         ratios["pipeline_vs_classic"] = results["pipeline"] / results["classic_baseline"]
-    if FLAGS.cores:
-        ratios["pipeline_all_vs_1core"] = results["pipeline"] / results["pipeline_1core"]
+    ratios.update({f"{name}_all_vs_1core": results[name] / results[name + "_1core"]
+                   for name in one_core})
+    cores = len(os.sched_getaffinity(0))
     if FLAGS.json:
-        print(json.dumps({**results, **ratios, "cores": os.cpu_count(), "repeats": FLAGS.repeats,
+        print(json.dumps({**results, **ratios, "cores": cores, "repeats": FLAGS.repeats,
                           "samples": samples}))
         return 0
-    print(f"{os.cpu_count()} cores, {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.data_dir}")
+    print(f"{cores} cores, {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.data_dir}")
     for name, value in results.items():
         print(f"  {name:24} " + (f"{value:8.1f} images/s" if value else "not measured "
                                  "(pip install --no-deps tf_keras==2.21.0)"))
