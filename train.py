@@ -234,7 +234,7 @@ def run():
 
     train_dataset = strategy.distribute_datasets_from_function(train_fn)
     eval_dataset = lambda split: pipeline.make_dataset(  # noqa: E731
-        data_dir, split, max(1, FLAGS.batch_size // replicas), image_size, None,
+        data_dir, split, max(1, FLAGS.batch_size // replicas), image_size, config,
         resize=FLAGS.resize, channels=channels, mask_fill=mask_fill, cache=FLAGS.cache,
         skip_corrupt=FLAGS.skip_corrupt)
     preprocess = None

@@ -35,7 +35,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     """Batches of (image uint8[B,H,W,C], mask uint8[B,H,W,1]) from a records folder.
 
     Training defaults (split == "train"): shuffle, repeat, augment, drop the last
-    partial batch. Other splits: fixed order, every example exactly once.
+    partial batch. Other splits: fixed order, every example exactly once, no augmentation
+    (only `augment_config.xla` applies).
     `batch_size` is per input pipeline (use input_context.get_per_replica_batch_size).
     `augment_on="device"` leaves only decode + resize here and yields each example's
     seed as a third element for `augment.augment_batch` inside the train step.
@@ -70,11 +71,12 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
 
     stored_channels = manifest.get("channels", 3)
     want_channels = channels or stored_channels
-    host_config = augment_config if (training and augment_on == "host") else None
-    # Gray records asked for as RGB: expanded by the decoder, or by augment after its work
-    decode_channels = 3 if (want_channels == 3 and stored_channels == 1
-                            and not augment.expands_gray_itself(host_config, resize, training)
-                            ) else stored_channels
+    # Evaluation and --augment_on=device get no augmentation here, but keep the XLA choice
+    augment_config = augment_config or augment.AugmentConfig()
+    host_config = (augment_config if (training and augment_on == "host")
+                   else augment.AugmentConfig(xla=augment_config.xla))
+    # Gray records wanted as RGB are decoded gray, augmented on one channel and expanded last
+    decode_channels = stored_channels
     decode = lambda raw: records.decode(records.parse_raw(raw), decode_channels)  # noqa: E731
     dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if skip_corrupt:

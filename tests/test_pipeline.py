@@ -199,13 +199,14 @@ def test_photometric_same_eagerly_and_in_dataset_map():
 
 
 @pytest.mark.parametrize("aug,on,split", [
-    (None, "host", "val"),                                        # decoder expands
-    (dict(hflip=True, brightness=0.2, contrast=0.2), "host", "train"),  # XLA stage, expands
-    (dict(rotation=30, zoom=0.2), "host", "train"),               # XLA warp, then expands
+    (None, "host", "val"),                                        # XLA expansion only
+    (dict(hflip=True, brightness=0.2, contrast=0.2), "host", "train"),  # XLA pixel stage
+    (dict(rotation=30, zoom=0.2), "host", "train"),               # XLA warp
     (dict(rotation=30, contrast=0.2), "host", "train"),           # XLA warp + photometric
-    (dict(rotation=30, contrast=0.2, xla=False), "host", "train"),  # op by op, then expands
-    (dict(hflip=True, contrast=0.2, xla=False), "host", "train"),   # decoder expands
-    (dict(rotation=30, contrast=0.2), "device", "train"),         # decoder expands
+    (dict(rotation=30, contrast=0.2, xla=False), "host", "train"),  # op by op
+    (dict(hflip=True, contrast=0.2, xla=False), "host", "train"),   # op by op, no warp
+    (dict(xla=False), "host", "val"),                             # tf.image expansion
+    (dict(rotation=30, contrast=0.2), "device", "train"),         # host only decodes
 ])
 def test_gray_asked_as_rgb_is_the_gray_output_repeated(binary_records, aug, on, split):
     config = augment.AugmentConfig(**aug) if aug else None

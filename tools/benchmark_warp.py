@@ -98,7 +98,10 @@ def pixel_steps(size, rng):
     rows = {
         "gray -> RGB, tf.image.grayscale_to_rgb": (tf.image.grayscale_to_rgb, gray),
         "gray -> RGB, tf.broadcast_to": (lambda x: tf.broadcast_to(x, size + (3,)), gray),
-        "gray -> RGB, concat in XLA (the pipeline)": (augment._gray_to_rgb_xla, gray),
+        "gray -> RGB, concat in XLA": (
+            tf.function(lambda x: tf.concat([x, x, x], -1), jit_compile=True), gray),
+        "gray -> RGB, uint32 x 0x01010101 bytes in XLA (the pipeline)": (
+            augment._gray_to_rgb_xla, gray),
         "reverse (h, w, 1) along w": (tf.function(lambda x: tf.reverse(x, [1])), mask),
         "reverse (h, w) along w": (tf.function(lambda x: tf.reverse(x[..., 0], [1])), mask),
     }
