@@ -223,8 +223,9 @@ def test_to_uint8_and_gray_to_rgb_like_numpy():
     pixels = np.random.default_rng(4).uniform(-40, 300, (5, 7, 1)).astype(np.float32)
     expected = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(augment.to_uint8(tf.constant(pixels)).numpy(), expected)
-    np.testing.assert_array_equal(augment._gray_to_rgb_xla(tf.constant(expected)).numpy(),
-                                  np.repeat(expected, 3, axis=-1))
+    for expand in (augment._expand, augment._expand_xla):
+        np.testing.assert_array_equal(expand(tf.constant(expected), 3).numpy(),
+                                      np.repeat(expected, 3, axis=-1))
 
 
 @pytest.mark.parametrize("fill_mode", augment.FILL_MODES)
