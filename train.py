@@ -79,6 +79,10 @@ flags.DEFINE_integer("mask_fill", -1, "Mask value for padded/warped-in pixels; -
 flags.DEFINE_enum("augment_on", "host", ["host", "device"], "device: geometric and photometric "
                   "augmentation run batched inside the train step; host CPUs only decode.")
 flags.DEFINE_bool("cache", False, "Cache decoded examples in memory.")
+flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow's intra-op thread pool size; 0: its "
+                     "default (one per core). 1 suits hosts whose CPUs only feed GPUs: the "
+                     "XLA-compiled augmentation then runs ~10-30% faster (BENCHMARKS.md §2); a "
+                     "model trained on the CPU needs the default.")
 flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism().")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
 flags.DEFINE_string("monitor", "val_loss", "Metric for checkpoints and early stopping.")
@@ -143,6 +147,8 @@ def run():
     from segtrain import callbacks as seg_callbacks
     from segtrain import export, loop
 
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     # The strategy comes first: MultiWorkerMirroredStrategy must exist before other TF ops.
     strategy = distribute.make_strategy(FLAGS.strategy, FLAGS.logical_cpus)
     _, _, is_chief = distribute.task_info(strategy)

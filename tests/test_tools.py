@@ -211,14 +211,15 @@ def test_tools_refuse_lambda_layers(tmp_path):
     assert "safe_mode" in result.stderr
 
 
-def test_benchmark_input_json_with_one_core_child(binary_records):
-    """Every measured row is a rate, the ratios are those rates divided, and the 1-core rows
-    come from a child pinned to one CPU."""
+def test_benchmark_input_json_with_child_rows(binary_records):
+    """Every measured row is a rate, the ratios are those rates divided, and the 1-core and
+    intra-op=1 rows come from child processes."""
     result = tool("benchmark_input.py", f"--data_dir={binary_records}", "--image_size=32",
                   "--batch_size=4", "--images=16", "--repeats=1", "--noclassic",
                   "--rows=decode_limit,pipeline", "--json")
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    for name in ("decode_limit", "pipeline", "decode_limit_1core", "pipeline_1core"):
+    for name in ("decode_limit", "pipeline", "decode_limit_1core", "pipeline_1core",
+                 "pipeline_intra1"):
         assert report[name] > 0 and report["samples"][name] == [report[name]]
     assert report["pipeline_vs_decode_limit"] == report["pipeline"] / report["decode_limit"]
     assert report["pipeline_all_vs_1core"] == report["pipeline"] / report["pipeline_1core"]

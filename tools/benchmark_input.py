@@ -13,7 +13,9 @@ the classic baseline), all at --image_size (default 512x512):
   classic_baseline  two Keras ImageDataGenerator.flow_from_directory iterators zipped with
                     one seed, same augmentations (needs `pip install --no-deps tf_keras`,
                     for this benchmark only)
-Each row is also measured on 1 core (a child process pinned to one CPU) unless --nocores.
+Each row is also measured on 1 core (a child process pinned to one CPU) unless --nocores,
+and the pipeline rows with TensorFlow's intra-op pool at 1 thread (a child process, all
+cores: what train.py --intra_op_threads=1 does) unless --nointra1.
 With --data_service=grpc://HOST:PORT the `pipeline` row also runs through that tf.data
 service (start it with tools/data_service.py).
 """
@@ -39,6 +41,10 @@ flags.DEFINE_integer("images", 400, "Images per measurement (after a warm-up bat
 flags.DEFINE_bool("cores", True, "Also measure with a single core (a child process pinned to "
                   "one CPU).")
 flags.DEFINE_list("rows", [], "Measure only these rows (default: all).")
+flags.DEFINE_bool("intra1", True, "Also measure the pipeline rows with TensorFlow's intra-op "
+                  "pool at 1 thread (train.py --intra_op_threads=1), all cores.")
+flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow's intra-op pool size for this "
+                     "process; 0: TensorFlow's default.")
 flags.DEFINE_bool("classic", True, "Measure the classic ImageDataGenerator baseline.")
 flags.DEFINE_string("files", "", "frames/ + masks/ folder for the classic baseline "
                     "(default: the manifest's source).")
@@ -63,22 +69,23 @@ def _rate(dataset, images):
     return count / (time.perf_counter() - start)
 
 
-def _one_core_rates(names):
-    """Rows `names` measured once by this tool in a child process pinned to one CPU.
+def _child_rates(names, cpus=None, intra_op_threads=0):
+    """Rows `names` measured once by this tool in a child process, pinned to `cpus` and/or
+    with TensorFlow's intra-op pool set to `intra_op_threads`.
 
-    tf.data's own thread options (a 1-thread private pool) do not bound the threads of
-    ops and XLA-compiled stages, which use TensorFlow's intra-op pool: only the OS can
-    say "one core", and TensorFlow sizes its pools from the affinity it starts with.
+    Pinning is the only honest "one core": tf.data's own thread options (a 1-thread private
+    pool) do not bound the threads of ops and XLA-compiled stages, which use TensorFlow's
+    intra-op pool, and TensorFlow sizes its pools from the affinity it starts with.
     """
-    cpu = min(os.sched_getaffinity(0))
     command = [sys.executable, os.path.abspath(__file__), f"--data_dir={FLAGS.data_dir}",
                f"--split={FLAGS.split}", f"--image_size={FLAGS.image_size}",
                f"--batch_size={FLAGS.batch_size}", f"--images={FLAGS.images // 2}",
-               f"--rows={','.join(names)}", "--repeats=1", "--nocores", "--noclassic", "--json"]
+               f"--rows={','.join(names)}", f"--intra_op_threads={intra_op_threads}",
+               "--repeats=1", "--nocores", "--nointra1", "--noclassic", "--json"]
     child = subprocess.run(command, capture_output=True, text=True,
-                           preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+                           preexec_fn=cpus and (lambda: os.sched_setaffinity(0, cpus)))
     if child.returncode:
-        raise RuntimeError(f"1-core run failed ({' '.join(command)}):\n{child.stderr[-2000:]}")
+        raise RuntimeError(f"child run failed ({' '.join(command)}):\n{child.stderr[-2000:]}")
     rates = json.loads(child.stdout.strip().splitlines()[-1])
     return {name: rates[name] for name in names}
 
@@ -149,7 +156,11 @@ def _classic_rate(files):
 
 def main(argv):
     del argv
+    import tensorflow as tf
+
     from segdata import augment, pipeline, records
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     size = (FLAGS.image_size, FLAGS.image_size)
     make = lambda aug, on="host": pipeline.make_dataset(  # noqa: E731
         FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, size, augment.AugmentConfig(**aug),
@@ -165,6 +176,8 @@ def main(argv):
     rows = {name: functools.partial(lambda b: _rate(b(), FLAGS.images), build)
             for name, build in cases.items() if not FLAGS.rows or name in FLAGS.rows}
     one_core = [name for name in rows if not name.endswith("no_xla")] if FLAGS.cores else []
+    intra1 = [name for name in rows if name in ("pipeline", "pipeline_light")] if FLAGS.intra1 \
+        else []
     if FLAGS.data_service and FLAGS.data_service != "local":
         from segdata import service
         rows["pipeline_data_service"] = lambda: _rate(
@@ -174,13 +187,17 @@ def main(argv):
         rows["classic_baseline"] = functools.partial(_classic_rate, files)
     # Rows take turns, round after round: a slow spell of this shared machine then costs
     # each row one sample out of --repeats instead of deciding a ratio.
-    samples = {name: [] for name in rows} | {name + "_1core": [] for name in one_core}
+    samples = ({name: [] for name in rows} | {name + "_1core": [] for name in one_core}
+               | {name + "_intra1": [] for name in intra1})
     for _ in range(FLAGS.repeats):
         for name, measure in rows.items():
             samples[name].append(measure())
         if one_core:
-            for name, rate in _one_core_rates(one_core).items():
+            for name, rate in _child_rates(one_core, cpus={min(os.sched_getaffinity(0))}).items():
                 samples[name + "_1core"].append(rate)
+        if intra1:
+            for name, rate in _child_rates(intra1, intra_op_threads=1).items():
+                samples[name + "_intra1"].append(rate)
     results = {name: (statistics.median(values) if None not in values else None)
                for name, values in samples.items()}
     if FLAGS.data_service == "local":
@@ -188,6 +205,9 @@ def main(argv):
     limit = results.get("decode_limit")
     ratios = {f"{k}_vs_decode_limit": v / limit for k, v in results.items()
               if v and limit and k.startswith("pipeline") and not k.endswith("_1core")}
+    if results.get("classic_baseline") and "pipeline_intra1" in results:
+        ratios["pipeline_intra1_vs_classic"] = (results["pipeline_intra1"]
+                                                / results["classic_baseline"])
     if results.get("classic_baseline") and "pipeline" in results:
         ratios["pipeline_vs_classic"] = results["pipeline"] / results["classic_baseline"]
     ratios.update({f"{name}_all_vs_1core": results[name] / results[name + "_1core"]
