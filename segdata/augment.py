@@ -148,7 +148,7 @@ def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="con
     matrices = tf.reshape(matrices, [-1, 9])
     transforms = matrices[:, :8] / matrices[:, 8:9]
     # The op's bilinear kernel is faster on float32 than on uint8 (512x512, tools/
-    # benchmark_warp.py: 1.8 vs 3.2 ms for 1 channel, 4.2 vs 5.5 ms for 3), so uint8
+    # benchmark_warp.py: 2.8 vs 3.2 ms for 1 channel, 7.1 vs 8.0 ms for 3), so uint8
     # images detour through float32; photometric then continues on the floats.
     detour = images.dtype == tf.uint8 and interpolation == "BILINEAR"
     out = tf.raw_ops.ImageProjectiveTransformV3(
@@ -180,7 +180,7 @@ def _map_coordinate(coord, length, fill_mode):
 def _read(flat, channels, row_stride, size, y, x, fill_value):
     """pixel (y, x) of a flattened (h, row_stride, channels) image for integer maps y, x of
     the output's shape; fill_value outside `size`. One scalar gather per channel: XLA
-    vectorises those, not a gather of (channels,) rows (2.3 vs 6.2 ms, 3 channels)."""
+    vectorises those, not a gather of (channels,) rows."""
     inside = (y >= 0) & (y < size[0]) & (x >= 0) & (x < size[1])
     pixel = tf.clip_by_value(y, 0, size[0] - 1) * row_stride + tf.clip_by_value(x, 0, size[1] - 1)
     values = tf.gather(flat, pixel[..., None] * channels + tf.range(channels))
@@ -193,7 +193,7 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
 
     The same arithmetic as ImageProjectiveTransformV3 written as gathers, so that XLA
     compiles it into one loop over the output pixels that computes each source coordinate
-    once for the image and the mask (the op recomputes it per channel, per tensor): 4x
+    once for the image and the mask (the op recomputes it per channel, per tensor): 4.7x
     faster for a gray or RGB 512x512 pair (tools/benchmark_warp.py). image/mask may be
     padded past `size` (their true height, width), which is what bounds the reads.
     """
@@ -219,9 +219,9 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
     return _expand(_photometric_pixels(warped, draws), channels), mask
 
 
-# One compile per (padded input shape, out_size, fill mode, channels, set of draws): inputs are padded
-# up to a multiple of _PAD_TO so that datasets of many frame sizes compile a few times, not
-# once per size (~0.2 s each).
+# One compile per (padded input shape, out_size, fill mode, channels, set of draws): inputs
+# are padded up to a multiple of _PAD_TO so that datasets of many frame sizes compile a few
+# times, not once per size (each compile stalls its worker for a fraction of a second).
 _warp_stage_xla = tf.function(_warp_stage, jit_compile=True)
 _PAD_TO = 64
 
@@ -229,23 +229,23 @@ _PAD_TO = 64
 def _expand(image, channels):
     """uint8 (h, w, 1) -> (h, w, 3) when channels == 3. Each pixel times 0x01010101 is a
     uint32 whose four bytes are all that pixel, on any byte order; its first three bytes
-    are the RGB triple. Under XLA one vectorised pass: 0.04 ms at 512x512, where a concat
+    are the RGB triple. Under XLA one vectorised pass: 0.08 ms at 512x512, where a concat
     costs 0.16 (and, fused after a warp, recomputes the warp per channel) and
-    tf.image.grayscale_to_rgb 0.8 ms (tools/benchmark_warp.py)."""
+    tf.image.grayscale_to_rgb 0.76 ms (tools/benchmark_warp.py)."""
     if channels != 3 or image.shape[-1] != 1:
         return image
     return tf.bitcast(tf.cast(image[..., 0], tf.uint32) * 0x01010101, tf.uint8)[..., :3]
 
 
 # For examples no stage touches (evaluation); the stages expand inside their own cluster,
-# which saves an XLA launch per example (15% more images/s on 2 cores).
+# which saves an XLA launch per example.
 _expand_xla = tf.function(_expand, jit_compile=True)
 
 
 def _pad_to_bucket(x):
     size = tf.shape(x)[:2]
     extra = -size % _PAD_TO
-    # tf.pad copies even when nothing is added (0.2 ms at 512x512)
+    # tf.pad copies even when nothing is added
     return tf.cond(tf.reduce_any(extra > 0),
                    lambda: tf.pad(x, [[0, extra[0]], [0, extra[1]], [0, 0]]), lambda: x)
 
@@ -315,7 +315,7 @@ def _flip_draws(seed, config):
 
 def _reverse(x, axis):
     if x.shape[-1] == 1:
-        # Reversing (h, w, 1) takes Eigen's slow path (2x the time of the same pixels as (h, w))
+        # Reversing (h, w, 1) takes Eigen's slow path (5x the time of the same pixels as (h, w))
         return tf.reverse(x[..., 0], [axis])[..., None]
     return tf.reverse(x, [axis])
 
@@ -330,8 +330,8 @@ def _pixel_stage(image, mask, flips, draws, channels=None):
 
 
 # On an unwarped image flips + photometric through XLA are one fused pass over the pixels
-# instead of a copy per reverse plus one per arithmetic op: 1.5-2x faster at 512x512
-# (tools/benchmark_warp.py). One compile per (shape, set of draws): the pipeline's shapes
+# instead of a copy per reverse plus one per arithmetic op: 2-3x faster at 512x512 when it
+# flips (tools/benchmark_warp.py). One compile per (shape, set of draws): the pipeline's shapes
 # are fixed by --image_size, so once per run. AugmentConfig.xla=False (--noaug_xla) runs
 # this stage and the warp op by op instead.
 _pixel_stage_xla = tf.function(_pixel_stage, jit_compile=True)

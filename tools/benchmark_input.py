@@ -212,6 +212,8 @@ def main(argv):
         ratios["pipeline_vs_classic"] = results["pipeline"] / results["classic_baseline"]
     ratios.update({f"{name}_all_vs_1core": results[name] / results[name + "_1core"]
                    for name in one_core})
+    ratios.update({f"{name}_intra1_all_vs_1core": results[name + "_intra1"]
+                   / results[name + "_1core"] for name in intra1 if name in one_core})
     cores = len(os.sched_getaffinity(0))
     if FLAGS.json:
         print(json.dumps({**results, **ratios, "cores": cores, "repeats": FLAGS.repeats,
