@@ -1,10 +1,13 @@
 """Joint image/mask augmentation: one seed per example, one warp per example.
 
 Every geometric step (resize policy, flips, rotation, shear, zoom, shift,
-scale-crop) is a 3x3 matrix; they are multiplied into ONE matrix that
-`ImageProjectiveTransformV3` applies once to the image (bilinear) and once
-to the mask (nearest). Image and mask therefore always get the same geometry,
-masks never gain new values, and resizing costs no extra pass.
+scale-crop) is a 3x3 matrix; they are multiplied into ONE matrix that is
+applied once to the image (bilinear) and once to the mask (nearest), with
+ImageProjectiveTransformV3's arithmetic: by XLA-compiled gathers that share
+each source coordinate between image channels and mask (the default), or by
+the op itself (AugmentConfig.xla=False). Image and mask therefore always get
+the same geometry, masks never gain new values, and resizing costs no extra
+pass.
 
 Matrices map OUTPUT pixel coordinates to INPUT pixel coordinates (the
 convention of ImageProjectiveTransformV3), with pixel centres at +0.5.
@@ -203,8 +206,7 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
     x = _map_coordinate(t[0] * out_x + t[1] * out_y + t[2], size[1], fill_mode)
     y = _map_coordinate(t[3] * out_x + t[4] * out_y + t[5], size[0], fill_mode)
     stride, depth = tf.shape(image)[1], image.shape[-1]
-    # gathers read the uint8 pixels themselves: a float copy of the input costs more memory
-    # traffic than the conversions, and on a 2-core VM memory is what two workers share
+    # gathers read the stored pixels; only the values read are converted to float
     flat = tf.reshape(image, [-1])
     read = lambda r, c: tf.cast(_read(flat, depth, stride, size, r, c, 0),  # noqa: E731
                                 tf.float32)
@@ -230,7 +232,7 @@ def _expand(image, channels):
     """uint8 (h, w, 1) -> (h, w, 3) when channels == 3. Each pixel times 0x01010101 is a
     uint32 whose four bytes are all that pixel, on any byte order; its first three bytes
     are the RGB triple. Under XLA one vectorised pass: 0.08 ms at 512x512, where a concat
-    costs 0.16 (and, fused after a warp, recomputes the warp per channel) and
+    costs 0.19 (and, fused after a warp, recomputes the warp per channel) and
     tf.image.grayscale_to_rgb 0.76 ms (tools/benchmark_warp.py)."""
     if channels != 3 or image.shape[-1] != 1:
         return image
