@@ -26,12 +26,17 @@ flags.DEFINE_integer("worker_timeout_ms", 10000, "Dispatcher: a worker silent th
 flags.DEFINE_string("host", "localhost", "Address a worker advertises. Anything but localhost "
                     "needs --allow_remote.")
 flags.DEFINE_bool("allow_remote", False, "Allow advertising a non-localhost address.")
+flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow's intra-op pool size in this process. A "
+                     "worker only runs input pipelines, whose XLA-compiled stages are faster "
+                     "with 1 thread (BENCHMARKS.md §2); 0: TensorFlow's default.")
 flags.mark_flag_as_required("role")
 
 
 def main(argv):
     del argv
     import tensorflow as tf
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     service = tf.data.experimental.service
     if FLAGS.host not in ("localhost", "127.0.0.1") and not FLAGS.allow_remote:
         sys.stderr.write(f"data_service: error: --host={FLAGS.host} serves other machines; "
