@@ -35,7 +35,7 @@ class AugmentConfig:
     shift: float = 0.0        # translation ~ U[-shift, shift] * side
     crop: float = 0.0         # random scale-crop: keep U[1 - crop, 1] of each side
     brightness: float = 0.0   # add U[-b, b] * 255
-    contrast: float = 0.0     # scale around the mean by U[1 - c, 1 + c]
+    contrast: float = 0.0     # scale around the frame's mean by U[1 - c, 1 + c]
     saturation: float = 0.0   # RGB only: factor U[1 - s, 1 + s]
     hue: float = 0.0          # RGB only: shift U[-h, h] (fraction of the colour wheel)
     noise: float = 0.0        # gaussian noise, stddev in grey levels
@@ -190,9 +190,8 @@ def _read(flat, channels, row_stride, size, y, x, fill_value):
     return tf.where(inside[..., None], values, tf.cast(fill_value, flat.dtype))
 
 
-def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill, channels=None):
-    """The one affine warp (image bilinear, mask nearest), photometric, the cast to uint8
-    and (channels=3) gray -> RGB.
+def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill):
+    """The one affine warp (image bilinear, mask nearest), photometric and the cast to uint8.
 
     The same arithmetic as ImageProjectiveTransformV3 written as gathers, so that XLA
     compiles it into one loop over the output pixels that computes each source coordinate
@@ -218,10 +217,13 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
     # std::round (half away from zero), as the op's nearest-neighbour read
     nearest = lambda v: tf.cast(tf.sign(v) * tf.floor(tf.abs(v) + 0.5), tf.int32)  # noqa: E731
     mask = _read(tf.reshape(mask, [-1]), 1, stride, size, nearest(y), nearest(x), mask_fill)
-    return _expand(_photometric_pixels(warped, draws), channels), mask
+    # Contrast centres on the frame's mean, summed from the uint8 input: the warped image's
+    # mean would make XLA write the whole float warp to memory and read it back.
+    mean = _mean(image, size) if "gain" in draws else None
+    return _photometric_pixels(warped, draws, mean), mask
 
 
-# One compile per (padded input shape, out_size, fill mode, channels, set of draws): inputs
+# One compile per (padded input shape, out_size, fill mode, set of draws): inputs
 # are padded up to a multiple of _PAD_TO so that datasets of many frame sizes compile a few
 # times, not once per size (each compile stalls its worker for a fraction of a second).
 _warp_stage_xla = tf.function(_warp_stage, jit_compile=True)
@@ -232,15 +234,15 @@ def _expand(image, channels):
     """uint8 (h, w, 1) -> (h, w, 3) when channels == 3. Each pixel times 0x01010101 is a
     uint32 whose four bytes are all that pixel, on any byte order; its first three bytes
     are the RGB triple. Under XLA one vectorised pass: 0.08 ms at 512x512, where a concat
-    costs 0.19 (and, fused after a warp, recomputes the warp per channel) and
-    tf.image.grayscale_to_rgb 0.76 ms (tools/benchmark_warp.py)."""
+    costs 0.19 and tf.image.grayscale_to_rgb 0.76 ms (tools/benchmark_warp.py)."""
     if channels != 3 or image.shape[-1] != 1:
         return image
     return tf.bitcast(tf.cast(image[..., 0], tf.uint32) * 0x01010101, tf.uint8)[..., :3]
 
 
-# For examples no stage touches (evaluation); the stages expand inside their own cluster,
-# which saves an XLA launch per example.
+# Its own cluster after a warp: fused into the warp's cluster, any expansion makes XLA
+# compute the warp once per output channel (tools/benchmark_warp.py). The pixel stage
+# expands inside its cluster: recomputing its flips + photometric is cheaper than a launch.
 _expand_xla = tf.function(_expand, jit_compile=True)
 
 
@@ -277,20 +279,27 @@ def _photometric_draws(seed, config, shape):
     return draws
 
 
-def _mean(image):
+def _mean(image, size=None):
+    """Mean pixel value; with `size` (h, w), of that top-left part of a zero-padded image."""
     if image.dtype.is_integer:
         # An integer sum is exact and, unlike a float one, XLA can vectorise it.
-        total = tf.reduce_sum(tf.cast(image, tf.int64))
-        return tf.cast(total, tf.float32) / tf.cast(tf.size(image), tf.float32)
-    return tf.reduce_mean(image)
+        total = tf.cast(tf.reduce_sum(tf.cast(image, tf.int64)), tf.float32)
+    else:
+        total = tf.reduce_sum(image)
+    count = tf.size(image) if size is None else tf.reduce_prod(size) * image.shape[-1]
+    return total / tf.cast(count, tf.float32)
 
 
-def _photometric_pixels(image, draws):
+def _photometric_pixels(image, draws, mean=None):
+    """`mean`: the contrast centre, the frame's mean (default: this image's)."""
     x = tf.cast(image, tf.float32)
     if "gain" in draws or "bias" in draws:
         # brightness and contrast folded into one affine pass over the pixels
         gain = draws.get("gain", 1.0)
-        mean = _mean(image) if "gain" in draws else 0.0
+        if "gain" not in draws:
+            mean = 0.0
+        elif mean is None:
+            mean = _mean(image)
         x = (x - mean) * gain + mean + draws.get("bias", 0.0)
     if image.shape[-1] == 3 and ("saturation" in draws or "hue" in draws):
         x = tf.clip_by_value(x, 0, 255) / 255
@@ -363,14 +372,15 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
             matrix = matrix @ augmentation_matrix(seed, config, out_size)
         if config.xla:
             image, mask = _warp_stage_xla(_pad_to_bucket(image), _pad_to_bucket(mask), in_size,
-                                          matrix, draws, out_size, config.fill_mode, mask_fill,
-                                          channels)
+                                          matrix, draws, out_size, config.fill_mode, mask_fill)
+            image = _expand_xla(image, channels) if channels == 3 else image
         else:
+            mean = _mean(image) if "gain" in draws else None
             image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode,
                          keep_float=True)[0]
             mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill,
                         config.fill_mode)[0]
-            image = _expand(_photometric_pixels(image, draws), channels)
+            image = _expand(_photometric_pixels(image, draws, mean), channels)
     else:
         # Plain stretch: resize only when the size differs (pre-resized records skip it).
         same = tf.reduce_all(tf.equal(in_size, out_size))

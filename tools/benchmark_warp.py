@@ -4,8 +4,8 @@
 
 Rows: ImageProjectiveTransformV3 on uint8 vs float32, 1 vs 3 channels, bilinear vs
 nearest; the image+mask pair as the op (--noaug_xla) vs augment's gather warp run op by op
-and compiled by XLA; gray -> RGB expansion after the warp by concat vs uint32 bytes in
-the same XLA cluster; whole augment_example calls with and without XLA; and the
+and compiled by XLA; gray -> RGB expansion after the warp in the same XLA cluster (concat,
+uint32 bytes) vs its own cluster; whole augment_example calls with and without XLA; and the
 flips + brightness/contrast stage of an unwarped image op by op vs XLA.
 """
 import time
@@ -91,9 +91,12 @@ def main(argv):
     fused_expand = tf.function(lambda i, m: tf.concat([augment._warp_stage(
         i, m, true_size, matrix, {}, size, "constant", 255)[0]] * 3, -1), jit_compile=True)
     _row("gray pair + RGB expansion by concat, same cluster (rejected)", fused_expand, gray, mask)
-    _row("gray pair + RGB expansion by uint32 bytes, same cluster (the pipeline)",
-         lambda i, m: augment._warp_stage_xla(i, m, true_size, matrix, {}, size, "constant", 255,
-                                              3), gray, mask)
+    fused_bytes = tf.function(lambda i, m: augment._expand(augment._warp_stage(
+        i, m, true_size, matrix, {}, size, "constant", 255)[0], 3), jit_compile=True)
+    _row("gray pair + RGB expansion by uint32 bytes, same cluster (rejected)", fused_bytes,
+         gray, mask)
+    _row("gray pair, then expansion by uint32 bytes as its own cluster (the pipeline)",
+         lambda i, m: augment._expand_xla(stage(augment._warp_stage_xla)(i, m)[0], 3), gray, mask)
     for channels in (1, 3):
         image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
         for xla in (False, True):
