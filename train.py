@@ -82,7 +82,7 @@ flags.DEFINE_bool("cache", False, "Cache decoded examples in memory.")
 flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow's intra-op thread pool size; 0: its "
                      "default (one per core). 1 suits hosts whose CPUs only feed GPUs: the "
                      "augmented input pipeline then yields up to 20% more images/s on 2 "
-                     "cores (BENCHMARKS.md §2); a model trained on the CPU needs the default.")
+                     "cores (BENCHMARKS.md §2); a model trained on the CPU needs the default.", lower_bound=0)
 flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism().")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
 flags.DEFINE_string("monitor", "val_loss", "Metric for checkpoints and early stopping.")

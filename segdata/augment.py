@@ -360,6 +360,9 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     `config=None` (evaluation) applies only the resize policy. `channels=3` returns a
     1-channel image as RGB, expanded last (everything else runs on 1 channel).
     """
+    if image.shape.rank != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"augment_example: image shape {image.shape}: expected (h, w, 1) or "
+                         "(h, w, 3) with the channels known, e.g. decode_png(..., channels=3)")
     config = config or AugmentConfig()
     in_size = tf.shape(image)[:2]
     flips = training and (config.hflip or config.vflip)

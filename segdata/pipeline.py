@@ -75,10 +75,10 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     augment_config = augment_config or augment.AugmentConfig()
     host_config = (augment_config if (training and augment_on == "host")
                    else augment.AugmentConfig(xla=augment_config.xla))
-    # Gray records wanted as RGB are decoded gray, augmented on one channel and expanded last
-    decode_channels = stored_channels
-    decode = lambda raw: records.decode(records.parse_raw(raw), decode_channels)  # noqa: E731
-    dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    # Decoded with the stored channels, given explicitly so the shape is static; gray records
+    # wanted as RGB are augmented on one channel and expanded last
+    dataset = dataset.map(lambda raw: records.decode(records.parse_raw(raw), stored_channels),
+                          num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if skip_corrupt:
         dataset = dataset.ignore_errors(log_warning=True)
     if cache:

@@ -275,3 +275,11 @@ def test_xla_pixel_stage_matches_op_by_op(channels):
         np.testing.assert_array_equal(plain[1].numpy(), expected_mask)
         diff = np.abs(fused[0].numpy().astype(int) - plain[0].numpy().astype(int))
         assert fused[0].shape == (33, 40, channels) and diff.max() <= 1 and (diff == 0).mean() > 0.99
+
+
+def test_augment_example_needs_known_channels():
+    unknown = tf.function(lambda raw: augment.augment_example(
+        tf.io.decode_png(raw), tf.zeros([8, 8, 1], tf.uint8), tf.constant([0, 1], tf.int64),
+        (8, 8)))
+    with pytest.raises(ValueError, match="channels known"):
+        unknown.get_concrete_function(tf.TensorSpec([], tf.string))

@@ -28,7 +28,7 @@ flags.DEFINE_string("host", "localhost", "Address a worker advertises. Anything 
 flags.DEFINE_bool("allow_remote", False, "Allow advertising a non-localhost address.")
 flags.DEFINE_integer("intra_op_threads", 1, "TensorFlow's intra-op pool size in this process. A "
                      "worker only runs input pipelines, whose XLA-compiled stages are faster "
-                     "with 1 thread (BENCHMARKS.md §2); 0: TensorFlow's default.")
+                     "with 1 thread (BENCHMARKS.md §2); 0: TensorFlow's default.", lower_bound=0)
 flags.mark_flag_as_required("role")
 
 
