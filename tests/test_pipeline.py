@@ -283,3 +283,19 @@ def test_augment_example_needs_known_channels():
         (8, 8)))
     with pytest.raises(ValueError, match="channels known"):
         unknown.get_concrete_function(tf.TensorSpec([], tf.string))
+
+
+def test_frames_of_many_sizes_share_one_compiled_warp():
+    """Inputs are padded to multiples of 64, so frames of different sizes within one bucket
+    reuse one traced (and XLA-compiled) warp stage; a bigger frame adds one more."""
+    config = augment.AugmentConfig(rotation=10, contrast=0.1, fill_mode="reflect")
+    run = lambda h, w: augment.augment_example(  # noqa: E731
+        tf.zeros([h, w, 1], tf.uint8), tf.zeros([h, w, 1], tf.uint8),
+        tf.constant([0, h * w], tf.int64), (24, 24), config)
+    run(33, 47)
+    before = augment._warp_stage_xla.experimental_get_tracing_count()
+    for h, w in ((37, 45), (64, 64), (50, 61)):
+        assert run(h, w)[0].shape == (24, 24, 1)
+    assert augment._warp_stage_xla.experimental_get_tracing_count() == before
+    run(65, 40)
+    assert augment._warp_stage_xla.experimental_get_tracing_count() == before + 1
