@@ -376,14 +376,13 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
         if config.xla:
             image, mask = _warp_stage_xla(_pad_to_bucket(image), _pad_to_bucket(mask), in_size,
                                           matrix, draws, out_size, config.fill_mode, mask_fill)
-            image = _expand_xla(image, channels) if channels == 3 else image
         else:
             mean = _mean(image) if "gain" in draws else None
             image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode,
                          keep_float=True)[0]
             mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill,
                         config.fill_mode)[0]
-            image = _expand(_photometric_pixels(image, draws, mean), channels)
+            image = _photometric_pixels(image, draws, mean)
     else:
         # Plain stretch: resize only when the size differs (pre-resized records skip it).
         same = tf.reduce_all(tf.equal(in_size, out_size))
@@ -397,9 +396,9 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
             # Flips alone need no warp: a reverse is a copy, a warp costs milliseconds.
             flip_draws = _flip_draws(seed, config) if flips else (tf.constant(False),) * 2
             stage = _pixel_stage_xla if config.xla else _pixel_stage
-            image, mask = stage(image, mask, flip_draws, draws, channels)
-        elif channels == 3 and image.shape[-1] == 1:
-            image = (_expand_xla if config.xla else _expand)(image, channels)
+            image, mask = stage(image, mask, flip_draws, draws, channels)  # expands inside
+    if channels == 3 and image.shape[-1] == 1:
+        image = (_expand_xla if config.xla else _expand)(image, channels)
     return (tf.ensure_shape(image, [out_size[0], out_size[1], None]),
             tf.ensure_shape(mask, [out_size[0], out_size[1], 1]))
 
