@@ -217,10 +217,7 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
     # std::round (half away from zero), as the op's nearest-neighbour read
     nearest = lambda v: tf.cast(tf.sign(v) * tf.floor(tf.abs(v) + 0.5), tf.int32)  # noqa: E731
     mask = _read(tf.reshape(mask, [-1]), 1, stride, size, nearest(y), nearest(x), mask_fill)
-    # Contrast centres on the frame's mean, summed from the uint8 input: the warped image's
-    # mean would make XLA write the whole float warp to memory and read it back.
-    mean = _mean(image, size) if "gain" in draws else None
-    return _photometric_pixels(warped, draws, mean), mask
+    return _photometric_pixels(warped, draws), mask
 
 
 # One compile per (padded input shape, out_size, fill mode, set of draws): inputs
@@ -279,26 +276,35 @@ def _photometric_draws(seed, config, shape):
     return draws
 
 
-def _mean(image, size=None):
-    """Mean pixel value; with `size` (h, w), of that top-left part of a zero-padded image."""
+def _mean(image):
+    """Mean pixel value of an (h, w, c) image; exact for integer pixels."""
     if image.dtype.is_integer:
-        # An integer sum is exact and, unlike a float one, XLA can vectorise it.
-        total = tf.cast(tf.reduce_sum(tf.cast(image, tf.int64)), tf.float32)
+        # int32 per row (exact below 8M values a row), int64 over the rows
+        rows = tf.reduce_sum(tf.cast(image, tf.int32), [1, 2])
+        total = tf.cast(tf.reduce_sum(tf.cast(rows, tf.int64)), tf.float32)
     else:
         total = tf.reduce_sum(image)
-    count = tf.size(image) if size is None else tf.reduce_prod(size) * image.shape[-1]
-    return total / tf.cast(count, tf.float32)
+    return total / tf.cast(tf.size(image), tf.float32)
 
 
-def _photometric_pixels(image, draws, mean=None):
-    """`mean`: the contrast centre, the frame's mean (default: this image's)."""
+def _with_centre(draws, image):
+    """draws plus the contrast centre, the mean of `image` (the frame before any warp).
+
+    Summed here, op by op, and handed to the XLA stages as an input: reduced inside them, it
+    splits the stage into a widening copy of the image, a reduction and a second pass
+    that reads the warp back from memory (contrast then cost a third of a full 512x512
+    augmentation, tools/benchmark_warp.py)."""
+    return dict(draws, centre=_mean(image)) if "gain" in draws else draws
+
+
+def _photometric_pixels(image, draws):
+    """draws["centre"]: the contrast centre (default: this image's mean)."""
     x = tf.cast(image, tf.float32)
     if "gain" in draws or "bias" in draws:
         # brightness and contrast folded into one affine pass over the pixels
         gain = draws.get("gain", 1.0)
-        if "gain" not in draws:
-            mean = 0.0
-        elif mean is None:
+        mean = 0.0 if "gain" not in draws else draws.get("centre")
+        if mean is None:
             mean = _mean(image)
         x = (x - mean) * gain + mean + draws.get("bias", 0.0)
     if image.shape[-1] == 3 and ("saturation" in draws or "hue" in draws):
@@ -368,6 +374,8 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     flips = training and (config.hflip or config.vflip)
     out_shape = tf.concat([out_size, tf.shape(image)[-1:]], 0)
     draws = _photometric_draws(seed, config, out_shape) if training and config.photometric else {}
+    # Contrast centres on the frame's mean (a warp's fill pixels do not pull it down)
+    draws = _with_centre(draws, image)
     if warps_image(config, policy, training):
         matrix = resize_matrix(in_size, out_size, policy, seed, training)
         if training and (config.warps or flips):
@@ -377,12 +385,11 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
             image, mask = _warp_stage_xla(_pad_to_bucket(image), _pad_to_bucket(mask), in_size,
                                           matrix, draws, out_size, config.fill_mode, mask_fill)
         else:
-            mean = _mean(image) if "gain" in draws else None
             image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode,
                          keep_float=True)[0]
             mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill,
                         config.fill_mode)[0]
-            image = _photometric_pixels(image, draws, mean)
+            image = _photometric_pixels(image, draws)
     else:
         # Plain stretch: resize only when the size differs (pre-resized records skip it).
         same = tf.reduce_all(tf.equal(in_size, out_size))
@@ -406,12 +413,17 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
 def augment_batch(images, masks, seeds, config, mask_fill=255):
     """Device-side variant: (batch, H, W, c) already resized; one batched warp for all examples."""
     out_size = tuple(int(v) for v in images.shape[1:3])
+    # the contrast centre of each example is its mean before the warp, as on the host
+    centres = (tf.map_fn(_mean, images, fn_output_signature=tf.float32) if config.contrast
+               else tf.zeros(tf.shape(images)[:1]))
     if config.warps or config.hflip or config.vflip:
         matrices = tf.map_fn(lambda s: augmentation_matrix(s, config, out_size), seeds,
                              fn_output_signature=tf.float32)
         images = warp(images, matrices, out_size, "BILINEAR", 0, config.fill_mode)
         masks = warp(masks, matrices, out_size, "NEAREST", mask_fill, config.fill_mode)
     if config.photometric:
-        images = tf.map_fn(lambda args: photometric(args[0], args[1], config), (images, seeds),
-                           fn_output_signature=images.dtype)
+        images = tf.map_fn(
+            lambda args: _photometric_pixels(args[0], dict(_photometric_draws(
+                args[1], config, tf.shape(args[0])), centre=args[2])),
+            (images, seeds, centres), fn_output_signature=tf.uint8)
     return images, masks

@@ -131,6 +131,24 @@ def test_device_augmentation_matches_shapes(binary_records):
     assert set(np.unique(out_masks.numpy()).tolist()) <= {0, 1, 255}
 
 
+@pytest.mark.parametrize("xla", [True, False])
+def test_contrast_centres_on_the_frame_mean_on_host_and_device(xla):
+    """Host (XLA or op by op) and device augmentation agree, contrast included: both centre
+    it on the frame's mean, not on the warped image's, whose fill pixels pull it down."""
+    rng = np.random.default_rng(4)
+    image = tf.constant(rng.integers(60, 255, (40, 40, 1), dtype=np.uint8))
+    mask = tf.constant(rng.integers(0, 2, (40, 40, 1), dtype=np.uint8))
+    seed = tf.constant([3, 11], tf.int64)
+    config = augment.AugmentConfig(rotation=40, zoom=0.3, contrast=0.5, xla=xla)
+    host, _ = augment.augment_example(image, mask, seed, (40, 40), config)
+    device, _ = augment.augment_batch(image[None], mask[None], seed[None], config)
+    # the device warp rounds to uint8 before the contrast; the host keeps floats
+    diff = np.abs(host.numpy().astype(int) - device[0].numpy().astype(int))
+    assert diff.max() <= 2 and (diff == 0).mean() > 0.5
+    gain = augment._photometric_draws(seed, config, [40, 40, 1])["gain"].numpy()
+    assert abs(gain - 1) > 0.1  # a gain this far from 1 would expose another centre
+
+
 def test_worker_sharding_partitions_examples(binary_records):
     seen = []
     for worker in range(2):

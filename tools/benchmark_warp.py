@@ -5,8 +5,9 @@
 Rows: ImageProjectiveTransformV3 on uint8 vs float32, 1 vs 3 channels, bilinear vs
 nearest; the image+mask pair as the op (--noaug_xla) vs augment's gather warp run op by op
 and compiled by XLA; gray -> RGB expansion after the warp in the same XLA cluster (concat,
-uint32 bytes) vs its own cluster; whole augment_example calls with and without XLA; and the
-flips + brightness/contrast stage of an unwarped image op by op vs XLA.
+uint32 bytes) vs its own cluster; the contrast centre (the frame's mean) reduced inside
+the XLA warp stage vs summed op by op and passed in; whole augment_example calls with and
+without XLA; and the flips + brightness/contrast stage of an unwarped image op by op vs XLA.
 """
 import time
 
@@ -97,6 +98,16 @@ def main(argv):
          gray, mask)
     _row("gray pair, then expansion by uint32 bytes as its own cluster (the pipeline)",
          lambda i, m: augment._expand_xla(stage(augment._warp_stage_xla)(i, m)[0], 3), gray, mask)
+    photometric = augment.AugmentConfig(brightness=0.1, contrast=0.1)
+    for channels in (1, 3):
+        image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
+        draws = augment._photometric_draws(seed, photometric, size + (channels,))
+        with_centre = lambda fn: (lambda i, m: fn(  # noqa: E731
+            i, m, true_size, matrix, augment._with_centre(draws, i), size, "constant", 255))
+        _row(f"{channels}ch pair + contrast, mean reduced in the XLA stage (rejected)",
+             tf.function(with_centre(augment._warp_stage), jit_compile=True), image, mask)
+        _row(f"{channels}ch pair + contrast, mean summed op by op, passed in (the pipeline)",
+             tf.function(with_centre(augment._warp_stage_xla)), image, mask)
     for channels in (1, 3):
         image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
         for xla in (False, True):
@@ -136,7 +147,11 @@ def pixel_steps(size, rng):
             flags_ = tuple(tf.constant(f) for f in flips)
             label = f"{channels}ch flips {flips[0]:d}{flips[1]:d} + brightness/contrast"
             _row(label + ", op by op", plain, image, mask, flags_, draws)
-            _row(label + ", XLA", augment._pixel_stage_xla, image, mask, flags_, draws)
+            _row(label + ", XLA, mean reduced inside", augment._pixel_stage_xla, image, mask,
+                 flags_, draws)
+            _row(label + ", XLA, mean passed in (the pipeline)", tf.function(
+                lambda i, m, f: augment._pixel_stage_xla(
+                    i, m, f, augment._with_centre(draws, i))), image, mask, flags_)
 
 
 if __name__ == "__main__":
