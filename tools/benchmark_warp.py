@@ -7,7 +7,8 @@ nearest; the image+mask pair as the op (--noaug_xla) vs augment's gather warp ru
 and compiled by XLA; gray -> RGB expansion after the warp in the same XLA cluster (concat,
 uint32 bytes) vs its own cluster; the contrast centre (the frame's mean) reduced inside
 the XLA warp stage vs summed op by op and passed in; whole augment_example calls with and
-without XLA; and the flips + brightness/contrast stage of an unwarped image op by op vs XLA.
+without XLA; and the flips + brightness/contrast (+ gray -> RGB) stage of an unwarped image
+op by op vs XLA with a tf.cond per flip vs XLA with a branch per flip combination.
 """
 import time
 
@@ -139,19 +140,27 @@ def pixel_steps(size, rng):
     for name, (fn, arg) in rows.items():
         _row(name, tf.function(fn), arg)
     config = augment.AugmentConfig(brightness=0.1, contrast=0.1)
-    plain = tf.function(augment._pixel_stage)
+
+    def cond_per_flip(image, mask, flips, draws, channels):
+        for flip, axis in zip(flips, (1, 0)):
+            image, mask = tf.cond(flip, lambda: (augment._reverse(image, axis),
+                                                 augment._reverse(mask, axis)),
+                                  lambda: (image, mask))
+        return augment._expand(augment._photometric_pixels(image, draws), channels), mask
+
+    stages = {"op by op": tf.function(augment._pixel_stage),
+              "XLA, a tf.cond per flip (rejected)": tf.function(cond_per_flip, jit_compile=True),
+              "XLA, a branch per flip combination (the pipeline)": augment._pixel_stage_xla}
     for channels in (1, 3):
         image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
         draws = augment._photometric_draws(tf.constant([1, 2], tf.int64), config, image.shape)
         for flips in ((False, False), (True, True)):
             flags_ = tuple(tf.constant(f) for f in flips)
-            label = f"{channels}ch flips {flips[0]:d}{flips[1]:d} + brightness/contrast"
-            _row(label + ", op by op", plain, image, mask, flags_, draws)
-            _row(label + ", XLA, mean reduced inside", augment._pixel_stage_xla, image, mask,
-                 flags_, draws)
-            _row(label + ", XLA, mean passed in (the pipeline)", tf.function(
-                lambda i, m, f: augment._pixel_stage_xla(
-                    i, m, f, augment._with_centre(draws, i))), image, mask, flags_)
+            label = f"{channels}ch -> RGB, flips {flips[0]:d}{flips[1]:d} + brightness/contrast"
+            for name, stage in stages.items():
+                _row(f"{label}, {name}", tf.function(
+                    lambda i, m, f, s=stage: s(i, m, f, augment._with_centre(draws, i), 3)),
+                    image, mask, flags_)
 
 
 if __name__ == "__main__":
