@@ -10,6 +10,7 @@ the XLA warp stage vs summed op by op and passed in; whole augment_example calls
 without XLA; and the flips + brightness/contrast (+ gray -> RGB) stage of an unwarped image
 op by op vs XLA with a tf.cond per flip vs XLA with a branch per flip combination.
 """
+import statistics
 import time
 
 import numpy as np
@@ -19,16 +20,17 @@ import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 512, "Square image side.")
-flags.DEFINE_integer("repeats", 50, "Timed calls per row.")
+flags.DEFINE_integer("repeats", 50, "Calls per timing.")
+flags.DEFINE_integer("rounds", 7, "Timings per row, rows taking turns; the median is printed.")
 
 FULL = dict(hflip=True, rotation=20, zoom=0.1, shear=5, shift=0.05, brightness=0.1, contrast=0.1)
 
 
-def _ms(fn, *args):
-    """Milliseconds per fn(*args), called --repeats times in a while loop inside one
-    tf.function: no Python dispatch per call (~0.2 ms here, more than some steps cost). The
-    first argument is nudged each iteration so no call can be hoisted out of the loop, and
-    every output feeds the loop's result so none is pruned."""
+def _timer(fn, *args):
+    """A callable returning milliseconds per fn(*args), fn called --repeats times in a while
+    loop inside one tf.function: no Python dispatch per call (~0.2 ms here, more than some
+    steps cost). The first argument is nudged each iteration so no call can be hoisted out
+    of the loop, and every output feeds the loop's result so none is pruned."""
     import tensorflow as tf
     first, rest = args[0], args[1:]
 
@@ -42,13 +44,35 @@ def _ms(fn, *args):
                              parallel_iterations=1)[1]
 
     loop().numpy()  # trace and compile
-    start = time.perf_counter()
-    loop().numpy()
-    return (time.perf_counter() - start) / FLAGS.repeats * 1e3
+
+    def timed():
+        start = time.perf_counter()
+        loop().numpy()
+        return (time.perf_counter() - start) / FLAGS.repeats * 1e3
+    return timed
+
+
+_ROWS = []  # (name, timer): every row is compiled first, then timed round after round
 
 
 def _row(name, fn, *args):
-    print(f"{name:56} {_ms(fn, *args):6.2f} ms")
+    _ROWS.append((name, _timer(fn, *args)))
+
+
+def _note(text):
+    _ROWS.append((text, None))
+
+
+def _print_rows():
+    """Rows take turns, --rounds times, and each prints its median: a slow spell of this
+    shared machine then costs every row one sample instead of deciding a comparison."""
+    samples = {name: [] for name, timer in _ROWS if timer}
+    for _ in range(FLAGS.rounds):
+        for name, timer in _ROWS:
+            if timer:
+                samples[name].append(timer())
+    for name, timer in _ROWS:
+        print(f"{name:56} {statistics.median(samples[name]):6.2f} ms" if timer else name)
 
 
 def main(argv):
@@ -88,7 +112,7 @@ def main(argv):
         agree = (op_pair(image, mask)[1].numpy()
                  == augment._warp_stage_xla(image, mask, true_size, matrix, {}, size,
                                             "constant", 255)[1].numpy()).mean()
-        print(f"   mask agreement, op vs XLA gather warp: {agree:.5f}")
+        _note(f"   mask agreement, op vs XLA gather warp: {agree:.5f}")
     gray = tf.constant(rng.integers(0, 255, size + (1,)).astype("uint8"))
     fused_expand = tf.function(lambda i, m: tf.concat([augment._warp_stage(
         i, m, true_size, matrix, {}, size, "constant", 255)[0]] * 3, -1), jit_compile=True)
@@ -118,6 +142,7 @@ def main(argv):
             _row(f"augment_example {channels}ch -> RGB, full augmentation, xla={xla}", call,
                  image, mask)
     pixel_steps(size, rng)
+    _print_rows()
     return 0
 
 
