@@ -279,7 +279,8 @@ def _photometric_draws(seed, config, shape):
 def _mean(image):
     """Mean pixel value of an (h, w, c) image; exact for integer pixels."""
     if image.dtype.is_integer:
-        # int32 per row (exact below 8M values a row), int64 over the rows
+        # int32 per row (exact below 8M values a row), int64 over the rows: one int64 sum
+        # widens every pixel to 8 bytes first (14% of an RGB warp stage, benchmark_warp.py)
         rows = tf.reduce_sum(tf.cast(image, tf.int32), [1, 2])
         total = tf.cast(tf.reduce_sum(tf.cast(rows, tf.int64)), tf.float32)
     else:
@@ -290,10 +291,9 @@ def _mean(image):
 def _with_centre(draws, image):
     """draws plus the contrast centre, the mean of `image` (the frame before any warp).
 
-    Summed here, op by op, and handed to the XLA stages as an input: reduced inside them, it
-    splits the stage into a widening copy of the image, a reduction and a second pass
-    that reads the warp back from memory (contrast then cost a third of a full 512x512
-    augmentation, tools/benchmark_warp.py)."""
+    Summed once, before any stage, so the XLA stages, the op-by-op path and the device path
+    (augment_batch) all centre on the same value; inside an XLA stage it costs the same
+    (tools/benchmark_warp.py)."""
     return dict(draws, centre=_mean(image)) if "gain" in draws else draws
 
 

@@ -5,8 +5,8 @@
 Rows: ImageProjectiveTransformV3 on uint8 vs float32, 1 vs 3 channels, bilinear vs
 nearest; the image+mask pair as the op (--noaug_xla) vs augment's gather warp run op by op
 and compiled by XLA; gray -> RGB expansion after the warp in the same XLA cluster (concat,
-uint32 bytes) vs its own cluster; the contrast centre (the frame's mean) reduced inside
-the XLA warp stage vs summed op by op and passed in; whole augment_example calls with and
+uint32 bytes) vs its own cluster; the contrast centre (the frame's mean) as one int64 sum
+or int32 row sums inside the XLA warp stage vs summed op by op and passed in; whole augment_example calls with and
 without XLA; and the flips + brightness/contrast (+ gray -> RGB) stage of an unwarped image
 op by op vs XLA with a tf.cond per flip vs XLA with a branch per flip combination.
 """
@@ -124,15 +124,22 @@ def main(argv):
     _row("gray pair, then expansion by uint32 bytes as its own cluster (the pipeline)",
          lambda i, m: augment._expand_xla(stage(augment._warp_stage_xla)(i, m)[0], 3), gray, mask)
     photometric = augment.AugmentConfig(brightness=0.1, contrast=0.1)
+    int64_mean = lambda i: tf.reduce_sum(tf.cast(i, tf.int64)) / tf.size(i, tf.int64)  # noqa
     for channels in (1, 3):
         image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
         draws = augment._photometric_draws(seed, photometric, size + (channels,))
-        with_centre = lambda fn: (lambda i, m: fn(  # noqa: E731
-            i, m, true_size, matrix, augment._with_centre(draws, i), size, "constant", 255))
-        _row(f"{channels}ch pair + contrast, mean reduced in the XLA stage (rejected)",
-             tf.function(with_centre(augment._warp_stage), jit_compile=True), image, mask)
-        _row(f"{channels}ch pair + contrast, mean summed op by op, passed in (the pipeline)",
-             tf.function(with_centre(augment._warp_stage_xla)), image, mask)
+        centred = lambda fn, mean: (lambda i, m: fn(  # noqa: E731
+            i, m, true_size, matrix, dict(draws, centre=tf.cast(mean(i), tf.float32)), size,
+            "constant", 255))
+        label = f"{channels}ch pair + contrast, mean"
+        _row(f"{label} as one int64 sum in the XLA stage (before)",
+             tf.function(centred(augment._warp_stage, int64_mean), jit_compile=True),
+             image, mask)
+        _row(f"{label} as int32 row sums in the XLA stage",
+             tf.function(centred(augment._warp_stage, augment._mean), jit_compile=True),
+             image, mask)
+        _row(f"{label} as int32 row sums op by op, passed in (the pipeline)",
+             tf.function(centred(augment._warp_stage_xla, augment._mean)), image, mask)
     for channels in (1, 3):
         image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
         for xla in (False, True):
