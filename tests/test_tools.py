@@ -224,6 +224,9 @@ def test_benchmark_input_json_with_child_rows(binary_records):
     assert report["pipeline_vs_decode_limit"] == report["pipeline"] / report["decode_limit"]
     assert report["pipeline_all_vs_1core"] == report["pipeline"] / report["pipeline_1core"]
     assert "pipeline_light" not in report
+    # CPU time per image for every row, the child rows' from the children's own processes
+    assert set(report["cpu_ms_per_image"]) == set(report["samples"])
+    assert all(value > 0 for value in report["cpu_ms_per_image"].values())
 
 
 def test_benchmark_warp_prints_every_row_once_with_a_median():

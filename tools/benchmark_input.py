@@ -16,6 +16,9 @@ the classic baseline), all at --image_size (default 512x512):
 Each row is also measured on 1 core (a child process pinned to one CPU) unless --nocores,
 and the pipeline rows with TensorFlow's intra-op pool at 1 thread (a child process, all
 cores: what train.py --intra_op_threads=1 does) unless --nointra1.
+Each row also reports the process's CPU time per image (every thread, over the timed
+images; `cpu_ms_per_image` in the JSON): more per image on all cores than on one core is
+work lost to threading rather than cores left idle.
 With --data_service=grpc://HOST:PORT the `pipeline` row also runs through that tf.data
 service (start it with tools/data_service.py).
 """
@@ -23,6 +26,7 @@ import contextlib
 import functools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -59,14 +63,21 @@ FULL = dict(hflip=True, rotation=20, zoom=0.1, shear=5, shift=0.05, brightness=0
 LIGHT = dict(hflip=True, vflip=True, brightness=0.1, contrast=0.1)
 
 
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rate(dataset, images):
+    """(images/s, CPU ms per image): the process's CPU time, every thread, over the timed
+    images; more per image on all cores than on one is work lost to threading."""
     iterator = iter(dataset)
     next(iterator)  # warm-up: thread pools, file handles, first decode
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), _cpu_seconds()
     while count < images:
         batch = next(iterator)
         count += int(batch[0].shape[0])
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), (_cpu_seconds() - cpu) / count * 1e3
 
 
 def _child_rates(names, cpus=None, intra_op_threads=0):
@@ -86,8 +97,8 @@ def _child_rates(names, cpus=None, intra_op_threads=0):
                            preexec_fn=cpus and (lambda: os.sched_setaffinity(0, cpus)))
     if child.returncode:
         raise RuntimeError(f"child run failed ({' '.join(command)}):\n{child.stderr[-2000:]}")
-    rates = json.loads(child.stdout.strip().splitlines()[-1])
-    return {name: rates[name] for name in names}
+    report = json.loads(child.stdout.strip().splitlines()[-1])
+    return {name: (report[name], report["cpu_ms_per_image"][name]) for name in names}
 
 
 def decode_limit(data_dir, split):
@@ -136,7 +147,7 @@ def local_service_rates(make_pipeline, images):
         servers += [dispatcher] + [api.WorkerServer(api.WorkerConfig(dispatcher_address=host_port))
                                    for _ in range(count)]
         rates[f"data_service_{count}worker{'s' if count > 1 else ''}"] = _rate(
-            service.distribute(make_pipeline(), dispatcher.target), images)
+            service.distribute(make_pipeline(), dispatcher.target), images)[0]
     return rates
 
 
@@ -146,12 +157,12 @@ def _classic_rate(files):
         with contextlib.redirect_stdout(sys.stderr):
             iterator = classic_baseline(files, FLAGS.image_size, FLAGS.batch_size)
     except ImportError:
-        return None  # tf_keras not installed
+        return None, None  # tf_keras not installed
     next(iterator)
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), _cpu_seconds()
     while count < FLAGS.images // 4:
         count += len(next(iterator)[0])
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), (_cpu_seconds() - cpu) / count * 1e3
 
 
 def main(argv):
@@ -189,17 +200,25 @@ def main(argv):
     # each row one sample out of --repeats instead of deciding a ratio.
     samples = ({name: [] for name in rows} | {name + "_1core": [] for name in one_core}
                | {name + "_intra1": [] for name in intra1})
+    cpu_samples = {name: [] for name in samples}
+
+    def record(name, rate_and_cpu):
+        samples[name].append(rate_and_cpu[0])
+        cpu_samples[name].append(rate_and_cpu[1])
+
     for _ in range(FLAGS.repeats):
         for name, measure in rows.items():
-            samples[name].append(measure())
+            record(name, measure())
         if one_core:
-            for name, rate in _child_rates(one_core, cpus={min(os.sched_getaffinity(0))}).items():
-                samples[name + "_1core"].append(rate)
+            for name, measured in _child_rates(one_core,
+                                               cpus={min(os.sched_getaffinity(0))}).items():
+                record(name + "_1core", measured)
         if intra1:
-            for name, rate in _child_rates(intra1, intra_op_threads=1).items():
-                samples[name + "_intra1"].append(rate)
-    results = {name: (statistics.median(values) if None not in values else None)
-               for name, values in samples.items()}
+            for name, measured in _child_rates(intra1, intra_op_threads=1).items():
+                record(name + "_intra1", measured)
+    median = lambda values: statistics.median(values) if None not in values else None  # noqa
+    results = {name: median(values) for name, values in samples.items()}
+    cpu_ms = {name: median(values) for name, values in cpu_samples.items()}
     if FLAGS.data_service == "local":
         results.update(local_service_rates(lambda: make(FULL), FLAGS.images))
     limit = results.get("decode_limit")
@@ -217,11 +236,12 @@ def main(argv):
     cores = len(os.sched_getaffinity(0))
     if FLAGS.json:
         print(json.dumps({**results, **ratios, "cores": cores, "repeats": FLAGS.repeats,
-                          "samples": samples}))
+                          "cpu_ms_per_image": cpu_ms, "samples": samples}))
         return 0
     print(f"{cores} cores, {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.data_dir}")
     for name, value in results.items():
-        print(f"  {name:24} " + (f"{value:8.1f} images/s" if value else "not measured "
+        cpu = f", {cpu_ms[name]:6.2f} CPU ms/image" if cpu_ms.get(name) else ""
+        print(f"  {name:24} " + (f"{value:8.1f} images/s{cpu}" if value else "not measured "
                                  "(pip install --no-deps tf_keras==2.21.0)"))
     for name, value in ratios.items():
         print(f"  {name:32} {value:6.2f}")
