@@ -68,16 +68,19 @@ def _cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-def _rate(dataset, images):
-    """(images/s, CPU ms per image): the process's CPU time, every thread, over the timed
-    images; more per image on all cores than on one is work lost to threading."""
-    iterator = iter(dataset)
-    next(iterator)  # warm-up: thread pools, file handles, first decode
+def _measure(batches, images):
+    """(images/s, CPU ms per image) over `images` images of an iterator of (image batch, ...);
+    CPU time is the process's, every thread: more per image on all cores than on one is
+    work lost to threading."""
+    next(batches)  # warm-up: thread pools, file handles, first decode
     count, start, cpu = 0, time.perf_counter(), _cpu_seconds()
     while count < images:
-        batch = next(iterator)
-        count += int(batch[0].shape[0])
+        count += len(next(batches)[0])
     return count / (time.perf_counter() - start), (_cpu_seconds() - cpu) / count * 1e3
+
+
+def _rate(dataset, images):
+    return _measure(iter(dataset), images)
 
 
 def _child_rates(names, cpus=None, intra_op_threads=0):
@@ -158,11 +161,7 @@ def _classic_rate(files):
             iterator = classic_baseline(files, FLAGS.image_size, FLAGS.batch_size)
     except ImportError:
         return None, None  # tf_keras not installed
-    next(iterator)
-    count, start, cpu = 0, time.perf_counter(), _cpu_seconds()
-    while count < FLAGS.images // 4:
-        count += len(next(iterator)[0])
-    return count / (time.perf_counter() - start), (_cpu_seconds() - cpu) / count * 1e3
+    return _measure(iterator, FLAGS.images // 4)
 
 
 def main(argv):
