@@ -1,8 +1,11 @@
 """The tf.data input pipeline, read top to bottom:
 
-    shard files -> (worker shard) -> interleave TFRecordDataset -> parse -> decode
-    -> [cache] -> [shuffle -> repeat] -> enumerate (the per-example seed)
-    -> resize + augment (one warp) -> batch -> prefetch
+    shard files -> (worker shard) -> interleave TFRecordDataset -> [shuffle -> repeat]
+    -> enumerate (the per-example seed) -> parse + decode + resize + augment (one warp)
+    -> batch -> prefetch
+
+with `cache`, decoding moves before the shuffle: parse + decode -> cache -> [shuffle ->
+repeat] -> enumerate -> resize + augment.
 
 Images stay uint8 all the way: normalisation is the model's first layer, so the
 host sends a quarter of the bytes float32 would need and exported models take
@@ -77,11 +80,16 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
                    else augment.AugmentConfig(xla=augment_config.xla))
     # Decoded with the stored channels, given explicitly so the shape is static; gray records
     # wanted as RGB are augmented on one channel and expanded last
-    dataset = dataset.map(lambda raw: records.decode(records.parse_raw(raw), stored_channels),
-                          num_parallel_calls=AUTOTUNE, deterministic=deterministic)
-    if skip_corrupt:
-        dataset = dataset.ignore_errors(log_warning=True)
+    decode = lambda raw: records.decode(records.parse_raw(raw), stored_channels)  # noqa: E731
+    # Without a cache, records are shuffled still encoded and decoded in the same map as the
+    # augmentation: the shuffle buffer holds compressed bytes instead of decoded frames, and
+    # one parallel map instead of two hands each example between threads once (2 cores vs
+    # 1 core, tools/benchmark_input.py: BENCHMARKS.md §2).
+    decode_late = not cache
     if cache:
+        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+        if skip_corrupt:
+            dataset = dataset.ignore_errors(log_warning=True)
         dataset = dataset.cache()
     if shuffle:
         # shuffle before repeat: each epoch is a full permutation, no example twice per epoch
@@ -91,6 +99,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     dataset = dataset.enumerate(start=start_index)
 
     def transform(index, example):
+        if decode_late:
+            example = decode(example)
         example_seed = tf.stack([tf.constant(seed, tf.int64), index])
         image, mask = augment.augment_example(
             example["image"], example["mask"], example_seed, out_size, host_config, resize,
@@ -106,6 +116,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         return out
 
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if decode_late and skip_corrupt:
+        dataset = dataset.ignore_errors(log_warning=True)
     dataset = dataset.batch(batch_size, drop_remainder=training and repeat,
                             num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
