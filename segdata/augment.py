@@ -197,11 +197,8 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
     compiles it into one loop over the output pixels that computes each source coordinate
     once for the image and the mask (the op recomputes it per channel, per tensor): 4.7x
     faster for a gray or RGB 512x512 pair (tools/benchmark_warp.py). image/mask may be
-    padded past `size` (their true height, width) with zeros, which is what bounds the reads.
-    Contrast centres on the frame's mean, summed here unless draws["centre"] gives it.
+    padded past `size` (their true height, width), which is what bounds the reads.
     """
-    if "gain" in draws and "centre" not in draws:
-        draws = dict(draws, centre=_mean(image, size))
     t = tf.reshape(matrix, [9]) / matrix[2, 2]  # affine: the bottom row is (0, 0, 1)
     out_y, out_x = tf.meshgrid(tf.range(out_size[0], dtype=tf.float32),
                                tf.range(out_size[1], dtype=tf.float32), indexing="ij")
@@ -279,9 +276,8 @@ def _photometric_draws(seed, config, shape):
     return draws
 
 
-def _mean(image, size=None):
-    """Mean pixel value of an (h, w, c) image, or of its top-left (h, w) = `size` when the
-    rest is zero padding; exact for integer pixels."""
+def _mean(image):
+    """Mean pixel value of an (h, w, c) image; exact for integer pixels."""
     if image.dtype.is_integer:
         # int32 per row (exact below 8M values a row), int64 over the rows: one int64 sum
         # widens every pixel to 8 bytes first (14% of an RGB warp stage, benchmark_warp.py)
@@ -289,24 +285,20 @@ def _mean(image, size=None):
         total = tf.cast(tf.reduce_sum(tf.cast(rows, tf.int64)), tf.float32)
     else:
         total = tf.reduce_sum(image)
-    count = tf.size(image) if size is None else size[0] * size[1] * image.shape[-1]
-    return total / tf.cast(count, tf.float32)
+    return total / tf.cast(tf.size(image), tf.float32)
 
 
 def _with_centre(draws, image):
-    """draws plus the contrast centre, the mean of `image` (the frame before its warp)."""
+    """draws plus the contrast centre, the mean of `image` (the frame before any warp).
+
+    Summed once, before any stage, so the XLA stages, the op-by-op path and the device path
+    (augment_batch) all centre on the same value; inside an XLA stage it costs the same
+    (tools/benchmark_warp.py)."""
     return dict(draws, centre=_mean(image)) if "gain" in draws else draws
 
 
 def _photometric_pixels(image, draws):
-    """draws["centre"]: the contrast centre (default: this image's mean, which flips keep).
-
-    Contrast centres on the image's mean before any geometric change: the frame's for a
-    warp (its fill pixels would pull the warped image's mean down), the frame's as
-    resized otherwise, as augment_batch does for the device. The XLA stages sum it
-    inside their cluster: as a TensorFlow op outside, the sum ran on the intra-op pool
-    and made 2 cores do more work per image (tools/benchmark_input.py, BENCHMARKS.md §2).
-    """
+    """draws["centre"]: the contrast centre (default: this image's mean)."""
     x = tf.cast(image, tf.float32)
     if "gain" in draws or "bias" in draws:
         # brightness and contrast folded into one affine pass over the pixels
@@ -393,6 +385,8 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     flips = training and (config.hflip or config.vflip)
     out_shape = tf.concat([out_size, tf.shape(image)[-1:]], 0)
     draws = _photometric_draws(seed, config, out_shape) if training and config.photometric else {}
+    # Contrast centres on the frame's mean (a warp's fill pixels do not pull it down)
+    draws = _with_centre(draws, image)
     if warps_image(config, policy, training):
         matrix = resize_matrix(in_size, out_size, policy, seed, training)
         if training and (config.warps or flips):
@@ -402,12 +396,11 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
             image, mask = _warp_stage_xla(_pad_to_bucket(image), _pad_to_bucket(mask), in_size,
                                           matrix, draws, out_size, config.fill_mode, mask_fill)
         else:
-            centred = _with_centre(draws, image)
             image = warp(image[None], matrix[None], out_size, "BILINEAR", 0, config.fill_mode,
                          keep_float=True)[0]
             mask = warp(mask[None], matrix[None], out_size, "NEAREST", mask_fill,
                         config.fill_mode)[0]
-            image = _photometric_pixels(image, centred)
+            image = _photometric_pixels(image, draws)
     else:
         # Plain stretch: resize only when the size differs (pre-resized records skip it).
         same = tf.reduce_all(tf.equal(in_size, out_size))

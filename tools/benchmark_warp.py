@@ -135,10 +135,10 @@ def main(argv):
         _row(f"{label} as one int64 sum in the XLA stage (before)",
              tf.function(centred(augment._warp_stage, int64_mean), jit_compile=True),
              image, mask)
-        _row(f"{label} as int32 row sums in the XLA stage (the pipeline)",
+        _row(f"{label} as int32 row sums in the XLA stage",
              tf.function(centred(augment._warp_stage, augment._mean), jit_compile=True),
              image, mask)
-        _row(f"{label} as int32 row sums op by op, passed in",
+        _row(f"{label} as int32 row sums op by op, passed in (the pipeline)",
              tf.function(centred(augment._warp_stage_xla, augment._mean)), image, mask)
     for channels in (1, 3):
         image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
@@ -191,7 +191,7 @@ def pixel_steps(size, rng):
             label = f"{channels}ch -> RGB, flips {flips[0]:d}{flips[1]:d} + brightness/contrast"
             for name, stage in stages.items():
                 _row(f"{label}, {name}", tf.function(
-                    lambda i, m, f, s=stage: s(i, m, f, draws, 3)),
+                    lambda i, m, f, s=stage: s(i, m, f, augment._with_centre(draws, i), 3)),
                     image, mask, flags_)
 
 
