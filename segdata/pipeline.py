@@ -30,6 +30,10 @@ def _sharded_files(files, input_context, shuffle, seed):
     return dataset, by_file
 
 
+def _to_gray(image):
+    return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8)
+
+
 def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_config=None,
                  shuffle=None, seed=0, repeat=None, cache=False, deterministic=None,
                  input_context=None, resize="stretch", channels=0, mask_fill=255,
@@ -98,16 +102,23 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         dataset = dataset.repeat()
     dataset = dataset.enumerate(start=start_index)
 
+    # RGB records asked for as gray: grey levels are a weighted sum of the channels, which
+    # warps and brightness/contrast commute with (up to rounding, and clipping at 0/255,
+    # which now clips the gray, not each colour), so converting first augments one channel
+    # instead of three; saturation and hue need the colours.
+    gray_first = stored_channels == 3 and want_channels == 1 and not (
+        host_config.saturation or host_config.hue)
+
     def transform(index, example):
         if decode_late:
             example = decode(example)
+        image = _to_gray(example["image"]) if gray_first else example["image"]
         example_seed = tf.stack([tf.constant(seed, tf.int64), index])
         image, mask = augment.augment_example(
-            example["image"], example["mask"], example_seed, out_size, host_config, resize,
+            image, example["mask"], example_seed, out_size, host_config, resize,
             training=training, mask_fill=mask_fill, channels=want_channels)
         if want_channels == 1 and image.shape[-1] == 3:
-            image = tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))),
-                            tf.uint8)
+            image = _to_gray(image)
         out = (image, mask)
         if training and augment_on == "device":
             out += (example_seed,)

@@ -237,6 +237,25 @@ def test_gray_asked_as_rgb_is_the_gray_output_repeated(binary_records, aug, on, 
         np.testing.assert_array_equal(rgb[1].numpy(), gray[1].numpy())
 
 
+@pytest.mark.parametrize("aug", [dict(rotation=30, zoom=0.2, contrast=0.3),
+                                 dict(hflip=True, vflip=True, brightness=0.2)])
+def test_rgb_asked_as_gray_is_the_rgb_output_grayed(multiclass_records, aug):
+    """RGB records asked for as gray are grayed before the warp (one channel to augment
+    instead of three); the result is the RGB pipeline's output grayed, up to rounding,
+    wherever no colour channel was clipped at 0 or 255 (gray first clips only the gray)."""
+    make = lambda channels: pipeline.make_dataset(  # noqa: E731
+        multiclass_records, "train", 4, image_size=(48, 40), seed=5, channels=channels,
+        augment_config=augment.AugmentConfig(**aug))
+    for gray, rgb in zip(make(1).take(2), make(3).take(2)):
+        assert gray[0].shape[-1] == 1
+        expected = tf.image.rgb_to_grayscale(tf.cast(rgb[0], tf.float32)).numpy()
+        unclipped = np.all((rgb[0].numpy() > 0) & (rgb[0].numpy() < 255), -1, keepdims=True)
+        diff = np.abs(gray[0].numpy().astype(np.float32) - expected)[unclipped]
+        assert unclipped.mean() > 0.5 and diff.max() <= 2.5 and diff.mean() < 0.6
+        assert expected.std() > 10  # real images, not a flat frame
+        np.testing.assert_array_equal(gray[1].numpy(), rgb[1].numpy())
+
+
 def test_to_uint8_and_gray_to_rgb_like_numpy():
     pixels = np.random.default_rng(4).uniform(-40, 300, (5, 7, 1)).astype(np.float32)
     expected = np.clip(np.round(pixels), 0, 255).astype(np.uint8)
