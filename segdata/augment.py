@@ -243,6 +243,19 @@ def _expand(image, channels):
 _expand_xla = tf.function(_expand, jit_compile=True)
 
 
+def _gray(image):
+    """uint8 (h, w, 3) -> (h, w, 1) with tf.image.rgb_to_grayscale's weights, rounded."""
+    return to_uint8(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32)))
+
+
+# Op by op this is four passes through a float32 copy three times the image's size
+_gray_xla = tf.function(_gray, jit_compile=True)
+
+
+def to_gray(image, xla=True):
+    return (_gray_xla if xla else _gray)(image)
+
+
 def _pad_to_bucket(x):
     size = tf.shape(x)[:2]
     extra = -size % _PAD_TO

@@ -30,10 +30,6 @@ def _sharded_files(files, input_context, shuffle, seed):
     return dataset, by_file
 
 
-def _to_gray(image):
-    return tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))), tf.uint8)
-
-
 def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_config=None,
                  shuffle=None, seed=0, repeat=None, cache=False, deterministic=None,
                  input_context=None, resize="stretch", channels=0, mask_fill=255,
@@ -112,13 +108,14 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     def transform(index, example):
         if decode_late:
             example = decode(example)
-        image = _to_gray(example["image"]) if gray_first else example["image"]
+        image = augment.to_gray(example["image"], host_config.xla) if gray_first \
+            else example["image"]
         example_seed = tf.stack([tf.constant(seed, tf.int64), index])
         image, mask = augment.augment_example(
             image, example["mask"], example_seed, out_size, host_config, resize,
             training=training, mask_fill=mask_fill, channels=want_channels)
         if want_channels == 1 and image.shape[-1] == 3:
-            image = _to_gray(image)
+            image = augment.to_gray(image, host_config.xla)
         out = (image, mask)
         if training and augment_on == "device":
             out += (example_seed,)

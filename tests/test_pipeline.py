@@ -265,6 +265,15 @@ def test_to_uint8_and_gray_to_rgb_like_numpy():
                                       np.repeat(expected, 3, axis=-1))
 
 
+@pytest.mark.parametrize("xla", [True, False])
+def test_to_gray_like_numpy(xla):
+    rgb = np.random.default_rng(7).integers(0, 256, (9, 11, 3)).astype(np.uint8)
+    expected = np.round(rgb.astype(np.float64) @ [0.2989, 0.5870, 0.1140])[..., None]
+    got = augment.to_gray(tf.constant(rgb), xla).numpy()
+    assert got.dtype == np.uint8 and got.shape == (9, 11, 1)
+    assert np.abs(got - expected).max() <= 1 and (got == expected).mean() > 0.95
+
+
 @pytest.mark.parametrize("fill_mode", augment.FILL_MODES)
 @pytest.mark.parametrize("channels", [1, 3])
 def test_xla_gather_warp_matches_image_projective_transform(fill_mode, channels):

@@ -41,6 +41,8 @@ flags.DEFINE_string("data_dir", None, "Records folder.")
 flags.DEFINE_string("split", "train", "Split to read.")
 flags.DEFINE_integer("image_size", 512, "Output side.")
 flags.DEFINE_integer("batch_size", 8, "Batch size.")
+flags.DEFINE_integer("channels", 3, "Image channels the pipeline rows ask for (3, as the classic "
+                     "baseline loads them; 1: gray, e.g. RGB records asked for as gray).")
 flags.DEFINE_integer("images", 400, "Images per measurement (after a warm-up batch).")
 flags.DEFINE_bool("cores", True, "Also measure with a single core (a child process pinned to "
                   "one CPU).")
@@ -94,6 +96,7 @@ def _child_rates(names, cpus=None, intra_op_threads=0):
     command = [sys.executable, os.path.abspath(__file__), f"--data_dir={FLAGS.data_dir}",
                f"--split={FLAGS.split}", f"--image_size={FLAGS.image_size}",
                f"--batch_size={FLAGS.batch_size}", f"--images={FLAGS.images // 2}",
+               f"--channels={FLAGS.channels}",
                f"--rows={','.join(names)}", f"--intra_op_threads={intra_op_threads}",
                "--repeats=1", "--nocores", "--nointra1", "--noclassic", "--json"]
     child = subprocess.run(command, capture_output=True, text=True,
@@ -174,7 +177,7 @@ def main(argv):
     size = (FLAGS.image_size, FLAGS.image_size)
     make = lambda aug, on="host": pipeline.make_dataset(  # noqa: E731
         FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, size, augment.AugmentConfig(**aug),
-        channels=3, augment_on=on)
+        channels=FLAGS.channels, augment_on=on)
     cases = {
         "decode_limit": lambda: decode_limit(FLAGS.data_dir, FLAGS.split),
         "pipeline_light": lambda: make(LIGHT),
