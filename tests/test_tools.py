@@ -227,6 +227,7 @@ def test_benchmark_input_json_with_child_rows(binary_records):
     # CPU time per image for every row, the child rows' from the children's own processes
     assert set(report["cpu_ms_per_image"]) == set(report["samples"])
     assert all(value > 0 for value in report["cpu_ms_per_image"].values())
+    assert 100 < report["max_rss_mb"] < 64 * 1024  # TensorFlow alone takes more than 100 MB
 
 
 def test_benchmark_warp_prints_every_row_once_with_a_median():

@@ -16,6 +16,8 @@ the classic baseline), all at --image_size (default 512x512):
 Each row is also measured on 1 core (a child process pinned to one CPU) unless --nocores,
 and the pipeline rows with TensorFlow's intra-op pool at 1 thread (a child process, all
 cores: what train.py --intra_op_threads=1 does) unless --nointra1.
+The JSON's `max_rss_mb` is the process's peak memory over the rows it measured (run one row
+to compare pipelines' memory).
 Each row also reports the process's CPU time per image (every thread, over the timed
 images; `cpu_ms_per_image` in the JSON): more per image on all cores than on one core is
 work lost to threading rather than cores left idle.
@@ -237,8 +239,10 @@ def main(argv):
                    / results[name + "_1core"] for name in intra1 if name in one_core})
     cores = len(os.sched_getaffinity(0))
     if FLAGS.json:
+        max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         print(json.dumps({**results, **ratios, "cores": cores, "repeats": FLAGS.repeats,
-                          "cpu_ms_per_image": cpu_ms, "samples": samples}))
+                          "cpu_ms_per_image": cpu_ms, "max_rss_mb": round(max_rss_mb),
+                          "samples": samples}))
         return 0
     print(f"{cores} cores, {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.data_dir}")
     for name, value in results.items():
