@@ -82,9 +82,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     # wanted as RGB are augmented on one channel and expanded last
     decode = lambda raw: records.decode(records.parse_raw(raw), stored_channels)  # noqa: E731
     # Without a cache, records are shuffled still encoded and decoded in the same map as the
-    # augmentation: the shuffle buffer holds compressed bytes instead of decoded frames, and
-    # one parallel map instead of two hands each example between threads once (2 cores vs
-    # 1 core, tools/benchmark_input.py: BENCHMARKS.md §2).
+    # augmentation: the shuffle buffer holds compressed bytes instead of decoded frames
+    # (peak RSS 1093 -> 866 MB on the RGB benchmark set, same speed: BENCHMARKS.md §2).
     decode_late = not cache
     if cache:
         dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
