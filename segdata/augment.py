@@ -332,10 +332,11 @@ def _photometric_pixels(image, draws):
     return to_uint8(x)
 
 
-def photometric(image, seed, config):
+def photometric(image, seed, config, centre=None):
     """Image-only colour changes on a uint8 (or not yet rounded float32) (h, w, c) image;
-    returns uint8."""
-    return _photometric_pixels(image, _photometric_draws(seed, config, tf.shape(image)))
+    returns uint8. `centre`: the contrast centre (default: this image's mean)."""
+    draws = _photometric_draws(seed, config, tf.shape(image))
+    return _photometric_pixels(image, draws if centre is None else dict(draws, centre=centre))
 
 
 def _flip_draws(seed, config):
@@ -446,8 +447,6 @@ def augment_batch(images, masks, seeds, config, mask_fill=255):
         images = warp(images, matrices, out_size, "BILINEAR", 0, config.fill_mode)
         masks = warp(masks, matrices, out_size, "NEAREST", mask_fill, config.fill_mode)
     if config.photometric:
-        images = tf.map_fn(
-            lambda args: _photometric_pixels(args[0], dict(_photometric_draws(
-                args[1], config, tf.shape(args[0])), centre=args[2])),
-            (images, seeds, centres), fn_output_signature=tf.uint8)
+        images = tf.map_fn(lambda args: photometric(*args[:2], config, centre=args[2]),
+                           (images, seeds, centres), fn_output_signature=tf.uint8)
     return images, masks
