@@ -212,20 +212,25 @@ def test_tools_refuse_lambda_layers(tmp_path):
 
 
 def test_benchmark_input_json_with_child_rows(binary_records):
-    """Every measured row is a rate, the ratios are those rates divided, and the 1-core and
+    """Every measured row is a rate (the median of its rounds), the ratios are those rates
+    divided, scaling pairs each round's all-core and 1-core rates, and the 1-core and
     intra-op=1 rows come from child processes."""
     result = tool("benchmark_input.py", f"--data_dir={binary_records}", "--image_size=32",
-                  "--batch_size=4", "--images=16", "--repeats=1", "--noclassic",
+                  "--batch_size=4", "--images=16", "--repeats=2", "--noclassic",
                   "--rows=decode_limit,pipeline", "--json")
     report = json.loads(result.stdout.strip().splitlines()[-1])
+    samples = report["samples"]
     for name in ("decode_limit", "pipeline", "decode_limit_1core", "pipeline_1core",
                  "pipeline_intra1"):
-        assert report[name] > 0 and report["samples"][name] == [report[name]]
+        assert len(samples[name]) == 2 and min(samples[name]) > 0
+        assert report[name] == pytest.approx(np.median(samples[name]))
     assert report["pipeline_vs_decode_limit"] == report["pipeline"] / report["decode_limit"]
-    assert report["pipeline_all_vs_1core"] == report["pipeline"] / report["pipeline_1core"]
+    paired = [a / b for a, b in zip(samples["pipeline"], samples["pipeline_1core"])]
+    assert report["scaling_rounds"]["pipeline_all_vs_1core"] == pytest.approx(paired)
+    assert report["pipeline_all_vs_1core"] == pytest.approx(np.median(paired))
     assert "pipeline_light" not in report
     # CPU time per image for every row, the child rows' from the children's own processes
-    assert set(report["cpu_ms_per_image"]) == set(report["samples"])
+    assert set(report["cpu_ms_per_image"]) == set(samples)
     assert all(value > 0 for value in report["cpu_ms_per_image"].values())
     assert 100 < report["max_rss_mb"] < 64 * 1024  # TensorFlow alone takes more than 100 MB
 

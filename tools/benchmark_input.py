@@ -15,7 +15,9 @@ the classic baseline), all at --image_size (default 512x512):
                     for this benchmark only)
 Each row is also measured on 1 core (a child process pinned to one CPU) unless --nocores,
 and the pipeline rows with TensorFlow's intra-op pool at 1 thread (a child process, all
-cores: what train.py --intra_op_threads=1 does) unless --nointra1.
+cores: what train.py --intra_op_threads=1 does) unless --nointra1. `X_all_vs_1core` is the
+median over rounds of each round's all-core rate / that round's 1-core rate (the JSON's
+`scaling_rounds` lists them).
 The JSON's `max_rss_mb` is the process's peak memory over the rows it measured (run one row
 to compare pipelines' memory).
 Each row also reports the process's CPU time per image (every thread, over the timed
@@ -233,16 +235,20 @@ def main(argv):
                                                 / results["classic_baseline"])
     if results.get("classic_baseline") and "pipeline" in results:
         ratios["pipeline_vs_classic"] = results["pipeline"] / results["classic_baseline"]
-    ratios.update({f"{name}_all_vs_1core": results[name] / results[name + "_1core"]
-                   for name in one_core})
-    ratios.update({f"{name}_intra1_all_vs_1core": results[name + "_intra1"]
-                   / results[name + "_1core"] for name in intra1 if name in one_core})
+    # Scaling pairs each round's all-core rate with the same round's 1-core rate (measured
+    # right after it), then takes the median over rounds: a slow spell then spoils one pair,
+    # where a ratio of the two medians can divide a fast round by a slow one.
+    scaling_rounds = {f"{name}{kind}_all_vs_1core": [
+        all_cores / one for all_cores, one in zip(samples[name + kind], samples[name + "_1core"])]
+        for kind, names in (("", one_core), ("_intra1", intra1)) for name in names
+        if name in one_core}
+    ratios.update({name: statistics.median(values) for name, values in scaling_rounds.items()})
     cores = len(os.sched_getaffinity(0))
     if FLAGS.json:
         max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         print(json.dumps({**results, **ratios, "cores": cores, "repeats": FLAGS.repeats,
                           "cpu_ms_per_image": cpu_ms, "max_rss_mb": round(max_rss_mb),
-                          "samples": samples}))
+                          "samples": samples, "scaling_rounds": scaling_rounds}))
         return 0
     print(f"{cores} cores, {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.data_dir}")
     for name, value in results.items():
