@@ -19,6 +19,9 @@ import dataclasses
 import math
 
 import tensorflow as tf
+# What Keras's TensorFlow backend uses for an XLA dynamic-update-slice (no public TF op lowers
+# to one with a loop-varying offset)
+from tensorflow.compiler.tf2xla.python.xla import dynamic_update_slice
 
 RESIZE_POLICIES = ("stretch", "pad", "crop")
 FILL_MODES = ("constant", "reflect", "nearest")
@@ -190,7 +193,7 @@ def _read(flat, channels, row_stride, size, y, x, fill_value):
     return tf.where(inside[..., None], values, tf.cast(fill_value, flat.dtype))
 
 
-def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill):
+def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill, first_row=0):
     """The one affine warp (image bilinear, mask nearest), photometric and the cast to uint8.
 
     The same arithmetic as ImageProjectiveTransformV3 written as gathers, so that XLA
@@ -198,10 +201,13 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
     once for the image and the mask (the op recomputes it per channel, per tensor): 4.7x
     faster for a gray or RGB 512x512 pair (tools/benchmark_warp.py). image/mask may be
     padded past `size` (their true height, width), which is what bounds the reads.
+    Computes output rows first_row .. first_row + out_size[0] - 1 (see _in_bands).
     """
     t = tf.reshape(matrix, [9]) / matrix[2, 2]  # affine: the bottom row is (0, 0, 1)
-    out_y, out_x = tf.meshgrid(tf.range(out_size[0], dtype=tf.float32),
-                               tf.range(out_size[1], dtype=tf.float32), indexing="ij")
+    # a column and a row that broadcast: a meshgrid (x * ones) is constant-folded by XLA
+    # into a stored grid, read back by a kernel of its own
+    out_y = tf.cast(tf.range(out_size[0]) + first_row, tf.float32)[:, None]
+    out_x = tf.range(out_size[1], dtype=tf.float32)[None, :]
     x = _map_coordinate(t[0] * out_x + t[1] * out_y + t[2], size[1], fill_mode)
     y = _map_coordinate(t[3] * out_x + t[4] * out_y + t[5], size[0], fill_mode)
     stride, depth = tf.shape(image)[1], image.shape[-1]
@@ -220,10 +226,52 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
     return _photometric_pixels(warped, draws), mask
 
 
+def _in_bands(compute, height, outputs, bands=4):
+    """Tensors `outputs` ((shape, dtype) each, `height` rows) filled by compute(first_row,
+    rows), which returns those rows of each, `bands` bands of rows one after the other,
+    each written into the outputs in place. For XLA-compiled stages.
+
+    Why: XLA:CPU splits every large kernel into as many tasks as TensorFlow's intra-op pool
+    has threads and hands them to that pool, though tf.data already runs one example per
+    core, and those hand-offs cost the pipeline about a tenth of its 2-core throughput
+    (BENCHMARKS.md §2). A kernel that ends in an in-place dynamic-update-slice is never
+    split, so each band runs as one task on the thread that runs the stage.
+    """
+    rows = -(-height // bands)
+    # the last band ends at the last row, overlapping its neighbour when bands do not divide
+    starts = tf.constant([min(i * rows, height - rows) for i in range(bands)])
+
+    def band(i, *results):
+        first = starts[i]
+        return (i + 1,) + tuple(
+            dynamic_update_slice(result, part, tf.stack([first] + [0] * (result.shape.rank - 1)))
+            for result, part in zip(results, compute(first, rows)))
+    _, *results = tf.while_loop(lambda i, *_: i < bands, band,
+                                (tf.constant(0),) + tuple(tf.zeros(*out) for out in outputs))
+    return results
+
+
+def _warp_in_bands(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill):
+    """_warp_stage (same arguments; out_size static) in bands of output rows (_in_bands)."""
+    if "gain" in draws and "centre" not in draws:
+        # a band's own mean is not the frame's
+        raise ValueError("_warp_in_bands: contrast needs draws['centre'] (see _with_centre)")
+    height, width = (int(v) for v in out_size)
+
+    def rows_of(first, rows):
+        band_draws = dict(draws)
+        if "noise" in draws:
+            band_draws["noise"] = tf.slice(draws["noise"], [first, 0, 0], [rows, -1, -1])
+        return _warp_stage(image, mask, size, matrix, band_draws, (rows, width), fill_mode,
+                           mask_fill, first)
+    return _in_bands(rows_of, height, [((height, width, image.shape[-1]), tf.uint8),
+                                       ((height, width, 1), mask.dtype)])
+
+
 # One compile per (padded input shape, out_size, fill mode, set of draws): inputs
 # are padded up to a multiple of _PAD_TO so that datasets of many frame sizes compile a few
 # times, not once per size (each compile stalls its worker for a fraction of a second).
-_warp_stage_xla = tf.function(_warp_stage, jit_compile=True)
+_warp_stage_xla = tf.function(_warp_in_bands, jit_compile=True)
 _PAD_TO = 64
 
 

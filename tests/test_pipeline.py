@@ -306,6 +306,67 @@ def test_xla_gather_warp_matches_image_projective_transform(fill_mode, channels)
             assert (expected_mask == 255).any()  # the test reaches outside the image
 
 
+@pytest.mark.parametrize("height", [1, 5, 7, 13, 64])
+@pytest.mark.parametrize("bands", [1, 2, 4, 8])
+def test_in_bands_writes_every_row_from_its_band(height, bands):
+    """Every row of every output comes from compute() at that row (rows + 1, so a row no
+    band wrote would stay 0), for heights the bands do not divide and fewer rows than bands."""
+    def compute(first, rows):
+        row = tf.range(rows) + first + 1
+        return [tf.broadcast_to(row[:, None, None], [rows, 3, 2]),
+                tf.cast(row, tf.float32)[:, None] * [0.5, 2.0]]
+    run = tf.function(lambda: augment._in_bands(
+        compute, height, [((height, 3, 2), tf.int32), ((height, 2), tf.float32)], bands),
+        jit_compile=True)
+    ints, floats = (value.numpy() for value in run())
+    expected = np.arange(1, height + 1)
+    np.testing.assert_array_equal(ints, np.broadcast_to(expected[:, None, None], (height, 3, 2)))
+    np.testing.assert_array_equal(floats, expected[:, None] * np.array([0.5, 2.0], np.float32))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_banded_warp_stage_equals_the_warp_in_one_piece(channels):
+    """The pipeline's warp stage (bands of rows) against the same stage compiled in one
+    piece, with every photometric draw on, noise included (each band takes its own rows of
+    the noise), for a height the bands do not divide: equal up to float rounding at .5."""
+    rng = np.random.default_rng(channels)
+    image = tf.constant(rng.integers(0, 255, (40, 52, channels), dtype=np.uint8))
+    mask = tf.constant(rng.integers(0, 4, (40, 52, 1), dtype=np.uint8))
+    config = augment.AugmentConfig(hflip=True, rotation=30, zoom=0.2, brightness=0.2,
+                                   contrast=0.3, noise=8)
+    key = tf.constant([channels, 3], tf.int64)
+    out_size = (29, 50)
+    matrix = (augment.resize_matrix(tf.constant([40, 52]), out_size)
+              @ augment.augmentation_matrix(key, config, out_size))
+    draws = augment._with_centre(
+        augment._photometric_draws(key, config, out_size + (channels,)), image)
+    args = (image, mask, tf.constant([40, 52]), matrix, draws, out_size, "reflect", 255)
+    one_piece = tf.function(lambda *a: augment._warp_stage(*a), jit_compile=True)
+    banded_image, banded_mask = augment._warp_stage_xla(*args)
+    image_1, mask_1 = one_piece(*args)
+    diff = np.abs(banded_image.numpy().astype(int) - image_1.numpy().astype(int))
+    assert banded_image.shape == (29, 50, channels) and diff.max() <= 1
+    assert (diff == 0).mean() > 0.99
+    assert (banded_mask.numpy() == mask_1.numpy()).mean() > 0.995
+    with pytest.raises(ValueError, match="centre"):
+        augment._warp_stage_xla(image, mask, tf.constant([40, 52]), matrix,
+                                {"gain": draws["gain"]}, out_size, "reflect", 255)
+
+
+def test_warp_stage_kernels_are_not_split_across_the_intra_op_pool():
+    """XLA:CPU marks a kernel it splits across TensorFlow's intra-op pool with
+    outer_dimension_partitions; the banded warp stage has none, where the same stage in one
+    piece has them whenever the pool has more than one thread."""
+    args = (tf.zeros([64, 64, 1], tf.uint8), tf.zeros([64, 64, 1], tf.uint8),
+            tf.constant([64, 64]), tf.eye(3), {}, (512, 512), "constant", 255)
+    optimized = lambda fn: fn.experimental_get_compiler_ir(*args)(stage="optimized_hlo")  # noqa
+    assert "outer_dimension_partitions" not in optimized(augment._warp_stage_xla)
+    pool = tf.config.threading.get_intra_op_parallelism_threads()
+    if len(os.sched_getaffinity(0)) > 1 and pool != 1:
+        one_piece = tf.function(lambda *a: augment._warp_stage(*a), jit_compile=True)
+        assert "outer_dimension_partitions" in optimized(one_piece)
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_xla_pixel_stage_matches_op_by_op(channels):
     """The fused (XLA) flips + photometric stage against the same ops run one by one,

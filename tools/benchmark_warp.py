@@ -107,7 +107,10 @@ def main(argv):
         _row(f"{channels}ch pair, ImageProjectiveTransformV3 x2", op_pair, image, mask)
         _row(f"{channels}ch pair, gather warp op by op",
              tf.function(stage(augment._warp_stage)), image, mask)
-        _row(f"{channels}ch pair, gather warp, XLA (the pipeline)",
+        _row(f"{channels}ch pair, gather warp, XLA in one piece (before)",
+             tf.function(stage(lambda *a: augment._warp_stage(*a)), jit_compile=True),
+             image, mask)
+        _row(f"{channels}ch pair, gather warp, XLA in 4 bands of rows (the pipeline)",
              stage(augment._warp_stage_xla), image, mask)
         agree = (op_pair(image, mask)[1].numpy()
                  == augment._warp_stage_xla(image, mask, true_size, matrix, {}, size,
