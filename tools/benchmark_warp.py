@@ -110,7 +110,7 @@ def main(argv):
         _row(f"{channels}ch pair, gather warp, XLA in one piece (before)",
              tf.function(stage(lambda *a: augment._warp_stage(*a)), jit_compile=True),
              image, mask)
-        _row(f"{channels}ch pair, gather warp, XLA in 4 bands of rows (the pipeline)",
+        _row(f"{channels}ch pair, gather warp, XLA in 4 bands (the pipeline)",
              stage(augment._warp_stage_xla), image, mask)
         agree = (op_pair(image, mask)[1].numpy()
                  == augment._warp_stage_xla(image, mask, true_size, matrix, {}, size,
