@@ -16,7 +16,7 @@ the classic baseline), all at --image_size (default 512x512):
 Each row is also measured on 1 core (a child process pinned to one CPU) unless --nocores,
 and the pipeline rows with TensorFlow's intra-op pool at 1 thread (a child process, all
 cores: what train.py --intra_op_threads=1 does) unless --nointra1. `X_all_vs_1core` is the
-median over rounds of each round's all-core rate / that round's 1-core rate (the JSON's
+median over rounds of each round's all-core rate / the same round's 1-core rate (the JSON's
 `scaling_rounds` lists them).
 The JSON's `max_rss_mb` is the process's peak memory over the rows it measured (run one row
 to compare pipelines' memory).
@@ -235,9 +235,9 @@ def main(argv):
                                                 / results["classic_baseline"])
     if results.get("classic_baseline") and "pipeline" in results:
         ratios["pipeline_vs_classic"] = results["pipeline"] / results["classic_baseline"]
-    # Scaling pairs each round's all-core rate with the same round's 1-core rate (measured
-    # right after it), then takes the median over rounds: a slow spell then spoils one pair,
-    # where a ratio of the two medians can divide a fast round by a slow one.
+    # Scaling pairs each round's all-core rate with the same round's 1-core rate (the child
+    # runs after the round's all-core rows), then takes the median over rounds: a slow spell
+    # spoils one pair, where a ratio of the two medians can divide a fast round by a slow one.
     scaling_rounds = {f"{name}{kind}_all_vs_1core": [
         all_cores / one for all_cores, one in zip(samples[name + kind], samples[name + "_1core"])]
         for kind, names in (("", one_core), ("_intra1", intra1)) for name in names
