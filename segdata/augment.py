@@ -251,6 +251,13 @@ def _in_bands(compute, height, outputs, bands=4):
     return results
 
 
+def _band_draws(draws, first, rows):
+    """The photometric draws for output rows first .. first + rows - 1."""
+    if "noise" not in draws:
+        return draws
+    return dict(draws, noise=tf.slice(draws["noise"], [first, 0, 0], [rows, -1, -1]))
+
+
 def _warp_in_bands(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill):
     """_warp_stage (same arguments; out_size static) in bands of output rows (_in_bands)."""
     if "gain" in draws and "centre" not in draws:
@@ -259,11 +266,8 @@ def _warp_in_bands(image, mask, size, matrix, draws, out_size, fill_mode, mask_f
     height, width = (int(v) for v in out_size)
 
     def rows_of(first, rows):
-        band_draws = dict(draws)
-        if "noise" in draws:
-            band_draws["noise"] = tf.slice(draws["noise"], [first, 0, 0], [rows, -1, -1])
-        return _warp_stage(image, mask, size, matrix, band_draws, (rows, width), fill_mode,
-                           mask_fill, first)
+        return _warp_stage(image, mask, size, matrix, _band_draws(draws, first, rows),
+                           (rows, width), fill_mode, mask_fill, first)
     return _in_bands(rows_of, height, [((height, width, image.shape[-1]), tf.uint8),
                                        ((height, width, 1), mask.dtype)])
 
@@ -399,6 +403,13 @@ def _reverse(x, axis):
     return tf.reverse(x, [axis])
 
 
+def _switch_flips(flips, branch):
+    """tf.switch_case with one branch(flip_x, flip_y) per flip combination."""
+    which = tf.cast(flips[0], tf.int32) + 2 * tf.cast(flips[1], tf.int32)
+    return tf.switch_case(which, [branch(False, False), branch(True, False),
+                                  branch(False, True), branch(True, True)])
+
+
 def _pixel_stage(image, mask, flips, draws, channels=None):
     """Flips (when no warp took them), photometric, the cast back to uint8 and
     (channels=3) gray -> RGB.
@@ -414,9 +425,35 @@ def _pixel_stage(image, mask, flips, draws, channels=None):
                     flipped, flipped_mask = _reverse(flipped, axis), _reverse(flipped_mask, axis)
             return _expand(_photometric_pixels(flipped, draws), channels), flipped_mask
         return run
-    which = tf.cast(flips[0], tf.int32) + 2 * tf.cast(flips[1], tf.int32)
-    return tf.switch_case(which, [branch(False, False), branch(True, False),
-                                  branch(False, True), branch(True, True)])
+    return _switch_flips(flips, branch)
+
+
+def _pixel_stage_in_bands(image, mask, flips, draws, channels=None):
+    """_pixel_stage for XLA, in bands of rows (_in_bands) when the size is static.
+
+    Each band gathers its source rows (in reverse order for a vertical flip): a band that
+    dynamic-slices the image ran 5x slower on one core; gathered, about as fast as one
+    piece (tools/benchmark_warp.py), and the light pipeline scales better on 2 cores
+    (BENCHMARKS.md §2)."""
+    height, width = image.shape[:2]
+    if height is None or width is None:
+        return _pixel_stage(image, mask, flips, draws, channels)
+    outputs = [((height, width, 3 if channels == 3 else image.shape[-1]), tf.uint8),
+               ((height, width, 1), mask.dtype)]
+    if "gain" in draws and "centre" not in draws:
+        draws = _with_centre(draws, image)  # the whole frame's mean, not each band's
+
+    def branch(flip_x, flip_y):
+        def rows_of(first, rows):
+            out_rows = tf.range(rows) + first
+            source = tf.gather(image, height - 1 - out_rows if flip_y else out_rows)
+            source_mask = tf.gather(mask, height - 1 - out_rows if flip_y else out_rows)
+            if flip_x:
+                source, source_mask = _reverse(source, 1), _reverse(source_mask, 1)
+            pixels = _photometric_pixels(source, _band_draws(draws, first, rows))
+            return _expand(pixels, channels), source_mask
+        return lambda: tuple(_in_bands(rows_of, height, outputs))
+    return _switch_flips(flips, branch)
 
 
 # On an unwarped image flips + photometric through XLA are one fused pass over the pixels
@@ -424,7 +461,7 @@ def _pixel_stage(image, mask, flips, draws, channels=None):
 # flips (tools/benchmark_warp.py). One compile per (shape, set of draws): the pipeline's shapes
 # are fixed by --image_size, so once per run. AugmentConfig.xla=False (--noaug_xla) runs
 # this stage and the warp op by op instead.
-_pixel_stage_xla = tf.function(_pixel_stage, jit_compile=True)
+_pixel_stage_xla = tf.function(_pixel_stage_in_bands, jit_compile=True)
 
 
 def warps_image(config, policy, training):

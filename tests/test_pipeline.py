@@ -353,6 +353,26 @@ def test_banded_warp_stage_equals_the_warp_in_one_piece(channels):
                                 {"gain": draws["gain"]}, out_size, "reflect", 255)
 
 
+@pytest.mark.parametrize("channels,wanted", [(1, 3), (3, None), (1, None)])
+def test_banded_pixel_stage_equals_the_stage_in_one_piece(channels, wanted):
+    """The pipeline's flips + photometric stage (bands of gathered rows) against the same
+    stage compiled in one piece, for every flip combination, with noise and a contrast
+    centre left to the stage (the whole frame's mean), at a height the bands do not
+    divide: the same bytes."""
+    rng = np.random.default_rng(channels)
+    image = tf.constant(rng.integers(0, 255, (37, 45, channels), dtype=np.uint8))
+    mask = tf.constant(rng.integers(0, 4, (37, 45, 1), dtype=np.uint8))
+    config = augment.AugmentConfig(brightness=0.2, contrast=0.3, noise=4)
+    draws = augment._photometric_draws(tf.constant([5, 1], tf.int64), config, image.shape)
+    one_piece = tf.function(lambda *a: augment._pixel_stage(*a), jit_compile=True)
+    for flips in ((False, False), (True, False), (False, True), (True, True)):
+        args = (image, mask, tuple(tf.constant(f) for f in flips), draws, wanted)
+        banded, expected = augment._pixel_stage_xla(*args), one_piece(*args)
+        assert banded[0].shape == (37, 45, wanted or channels)
+        np.testing.assert_array_equal(banded[0].numpy(), expected[0].numpy())
+        np.testing.assert_array_equal(banded[1].numpy(), expected[1].numpy())
+
+
 def test_warp_stage_kernels_are_not_split_across_the_intra_op_pool():
     """XLA:CPU marks a kernel it splits across TensorFlow's intra-op pool with
     outer_dimension_partitions; the banded warp stage has none, where the same stage in one

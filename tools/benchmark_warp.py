@@ -185,7 +185,10 @@ def pixel_steps(size, rng):
 
     stages = {"op by op": tf.function(augment._pixel_stage),
               "XLA, a tf.cond per flip (rejected)": tf.function(cond_per_flip, jit_compile=True),
-              "XLA, a branch per flip combination (the pipeline)": augment._pixel_stage_xla}
+              "XLA, a branch per flip combination, one piece (before)": tf.function(
+                  lambda *a: augment._pixel_stage(*a), jit_compile=True),
+              "XLA, a branch per flip combination, in bands (the pipeline)":
+                  augment._pixel_stage_xla}
     for channels in (1, 3):
         image = tf.constant(rng.integers(0, 255, size + (channels,)).astype("uint8"))
         draws = augment._photometric_draws(tf.constant([1, 2], tf.int64), config, image.shape)
