@@ -198,7 +198,7 @@ def _warp_stage(image, mask, size, matrix, draws, out_size, fill_mode, mask_fill
 
     The same arithmetic as ImageProjectiveTransformV3 written as gathers, so that XLA
     compiles it into one loop over the output pixels that computes each source coordinate
-    once for the image and the mask (the op recomputes it per channel, per tensor): 4.5-4.9x
+    once for the image and the mask (the op recomputes it per channel, per tensor): 4.5-5.0x
     faster for a gray or RGB 512x512 pair (tools/benchmark_warp.py). image/mask may be
     padded past `size` (their true height, width), which is what bounds the reads.
     Computes output rows first_row .. first_row + out_size[0] - 1 (see _in_bands).
