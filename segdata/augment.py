@@ -446,8 +446,8 @@ def _pixel_stage_in_bands(image, mask, flips, draws, channels=None):
     def branch(flip_x, flip_y):
         def rows_of(first, rows):
             out_rows = tf.range(rows) + first
-            source = tf.gather(image, height - 1 - out_rows if flip_y else out_rows)
-            source_mask = tf.gather(mask, height - 1 - out_rows if flip_y else out_rows)
+            source_rows = height - 1 - out_rows if flip_y else out_rows
+            source, source_mask = tf.gather(image, source_rows), tf.gather(mask, source_rows)
             if flip_x:
                 source, source_mask = _reverse(source, 1), _reverse(source_mask, 1)
             pixels = _photometric_pixels(source, _band_draws(draws, first, rows))

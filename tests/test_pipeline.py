@@ -306,6 +306,12 @@ def test_xla_gather_warp_matches_image_projective_transform(fill_mode, channels)
             assert (expected_mask == 255).any()  # the test reaches outside the image
 
 
+def _in_one_piece(stage):
+    """`stage` XLA-compiled without bands, the reference for the banded stages. The lambda
+    hides the stages' defaulted arguments, which experimental_get_compiler_ir would demand."""
+    return tf.function(lambda *args: stage(*args), jit_compile=True)
+
+
 @pytest.mark.parametrize("height", [1, 5, 7, 13, 64])
 @pytest.mark.parametrize("bands", [1, 2, 4, 8])
 def test_in_bands_writes_every_row_from_its_band(height, bands):
@@ -341,7 +347,7 @@ def test_banded_warp_stage_equals_the_warp_in_one_piece(channels):
     draws = augment._with_centre(
         augment._photometric_draws(key, config, out_size + (channels,)), image)
     args = (image, mask, tf.constant([40, 52]), matrix, draws, out_size, "reflect", 255)
-    one_piece = tf.function(lambda *a: augment._warp_stage(*a), jit_compile=True)
+    one_piece = _in_one_piece(augment._warp_stage)
     banded_image, banded_mask = augment._warp_stage_xla(*args)
     image_1, mask_1 = one_piece(*args)
     diff = np.abs(banded_image.numpy().astype(int) - image_1.numpy().astype(int))
@@ -364,7 +370,7 @@ def test_banded_pixel_stage_equals_the_stage_in_one_piece(channels, wanted):
     mask = tf.constant(rng.integers(0, 4, (37, 45, 1), dtype=np.uint8))
     config = augment.AugmentConfig(brightness=0.2, contrast=0.3, noise=4)
     draws = augment._photometric_draws(tf.constant([5, 1], tf.int64), config, image.shape)
-    one_piece = tf.function(lambda *a: augment._pixel_stage(*a), jit_compile=True)
+    one_piece = _in_one_piece(augment._pixel_stage)
     for flips in ((False, False), (True, False), (False, True), (True, True)):
         args = (image, mask, tuple(tf.constant(f) for f in flips), draws, wanted)
         banded, expected = augment._pixel_stage_xla(*args), one_piece(*args)
@@ -383,7 +389,7 @@ def test_warp_stage_kernels_are_not_split_across_the_intra_op_pool():
     assert "outer_dimension_partitions" not in optimized(augment._warp_stage_xla)
     pool = tf.config.threading.get_intra_op_parallelism_threads()
     if len(os.sched_getaffinity(0)) > 1 and pool != 1:
-        one_piece = tf.function(lambda *a: augment._warp_stage(*a), jit_compile=True)
+        one_piece = _in_one_piece(augment._warp_stage)
         assert "outer_dimension_partitions" in optimized(one_piece)
 
 

@@ -108,7 +108,7 @@ def main(argv):
         _row(f"{channels}ch pair, gather warp op by op",
              tf.function(stage(augment._warp_stage)), image, mask)
         _row(f"{channels}ch pair, gather warp, XLA in one piece (before)",
-             tf.function(stage(lambda *a: augment._warp_stage(*a)), jit_compile=True),
+             tf.function(stage(augment._warp_stage), jit_compile=True),
              image, mask)
         _row(f"{channels}ch pair, gather warp, XLA in 4 bands (the pipeline)",
              stage(augment._warp_stage_xla), image, mask)
@@ -186,7 +186,7 @@ def pixel_steps(size, rng):
     stages = {"op by op": tf.function(augment._pixel_stage),
               "XLA, a tf.cond per flip (rejected)": tf.function(cond_per_flip, jit_compile=True),
               "XLA, a branch per flip combination, one piece (before)": tf.function(
-                  lambda *a: augment._pixel_stage(*a), jit_compile=True),
+                  augment._pixel_stage, jit_compile=True),
               "XLA, a branch per flip combination, in bands (the pipeline)":
                   augment._pixel_stage_xla}
     for channels in (1, 3):
