@@ -218,6 +218,28 @@ def test_metrics_accumulate_like_numpy_confusion():
     assert abs(float(dice.result()) - float(iou.result())) > 0.01
 
 
+@pytest.mark.parametrize("k", [2, 3, 21, 150])
+def test_confusion_matrix_matches_np_add_at(k):
+    """Random labels with ignore pixels and an out-of-range label, eager and XLA-compiled."""
+    import tensorflow as tf
+    rng = np.random.default_rng(k)
+    y = rng.integers(0, k, (2, 24, 20, 1)).astype("int32")
+    y[rng.random(y.shape) < 0.1] = 255
+    y[0, 0, 0, 0] = k  # not a class and not the ignore label: counted nowhere
+    channels = 1 if k == 2 else k
+    logits = rng.normal(size=(2, 24, 20, channels)).astype("float32")
+    pred = (logits[..., 0] > 0).astype(int) if k == 2 else logits.argmax(-1)
+    truth = y[..., 0]
+    valid = truth < k
+    expected = np.zeros((k, k), np.int64)
+    np.add.at(expected, (truth[valid], pred[valid]), 1)
+    eager = np.asarray(metrics.confusion_matrix(y, logits, k))
+    compiled = tf.function(lambda a, b: metrics.confusion_matrix(a, b, k), jit_compile=True)
+    np.testing.assert_array_equal(eager, expected)
+    np.testing.assert_array_equal(compiled(y, logits).numpy(), expected)
+    assert eager.dtype == np.int32 and expected.sum() == valid.sum() > 0
+
+
 def test_majority_class_prediction_is_exposed():
     # 78% "cell" (1), 22% membrane (0), model predicts all cell
     y = np.ones((1, 10, 10, 1), "int32")
