@@ -128,6 +128,35 @@ def _check_all(pairs, options, workers):
         yield from pool.imap(check, pairs, chunksize=chunksize)
 
 
+def _decide_mask_kind(config, pairs, palette):
+    """(kind, why): --mask_kind unless auto; auto is decided once from every mask's values,
+    never per file (a per-file guess turned a class-index set's background+ignore masks
+    into class 1). The reason goes to the log and the manifest."""
+    if config.mask_kind != "auto":
+        return config.mask_kind, f"--mask_kind={config.mask_kind}"
+    if palette is not None:
+        return "rgb", "auto: --palette given"
+    workers = config.workers or os.cpu_count()
+    paths = [pair[2] for pair in pairs]
+    if workers <= 1 or len(paths) < 8:
+        value_sets = list(map(validate.mask_values, paths))
+    else:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            value_sets = pool.map(validate.mask_values, paths,
+                                  chunksize=max(1, min(16, len(paths) // (4 * workers))))
+    kind, seen = validate.dataset_mask_kind(value_sets)
+    if kind == "binary":
+        why = ("auto: every mask holds only 0 and 255, read as binary 0/1 (pass "
+               "--mask_kind=index if 255 marks ignored pixels)")
+    else:
+        shown = seen if len(seen) <= 12 else seen[:12] + ["..."]
+        why = (f"auto: gray values are class indices (values seen: {shown}; "
+               f"{config.ignore_label} is the ignore label)")
+    if config.progress:
+        sys.stderr.write(f"mask kind: {kind} ({why})\n")
+    return kind, why
+
+
 def _shard_counts(pairs_by_split, config):
     """Shards per split: --num_shards, else input bytes / --shard_mb (estimated from files)."""
     counts = {}
@@ -167,7 +196,8 @@ def prepare(config):
         palette = validate.load_palette(config.palette) if config.palette else None
     except (OSError, ValueError) as err:
         raise PrepareError(f"--palette={config.palette}: {err}")
-    options = {"mask_kind": config.mask_kind, "palette": palette,
+    mask_kind, mask_note = _decide_mask_kind(config, pairs, palette)
+    options = {"mask_kind": mask_kind, "palette": palette,
                "num_classes": config.num_classes, "ignore_label": config.ignore_label,
                "resize": tuple(config.resize) if config.resize else None}
 
@@ -187,6 +217,7 @@ def prepare(config):
             raise PrepareError("\n".join(entry["reason"] for entry in skipped))
         skipped += [{"file": line.split(": ")[0], "reason": line} for line in problems]
         manifest = _manifest(config, layout, summary, skipped)
+        manifest["mask_kind"], manifest["mask_kind_reason"] = mask_kind, mask_note
         with open(os.path.join(temp, records.MANIFEST_NAME), "w") as handle:
             json.dump(manifest, handle, indent=2, sort_keys=True)
         _replace(temp, output)

@@ -66,6 +66,9 @@ def _value_counts(array):
 def mask_to_indices(image, mask_kind, palette):
     """PIL mask -> (uint8 class indices, per-value pixel counts, changed?), or ValueError.
 
+    mask_kind "auto" reads gray values as class indices here: prepare decides binary
+    vs index for the whole dataset first (dataset_mask_kind) and passes the answer.
+
     One histogram serves the binary check, the range check and the manifest's class
     pixel counts, and binary masks are remapped with one bitwise and: this function runs
     once per pair and used to cost more than decoding it.
@@ -111,13 +114,42 @@ def mask_to_indices(image, mask_kind, palette):
     if image.mode != "L":
         counts = _value_counts(array)
     present = set(np.flatnonzero(counts).tolist())
-    if mask_kind == "binary" or (mask_kind == "auto" and present <= {0, 255} and 255 in present):
+    if mask_kind == "binary":
         if not present <= {0, 1, 255}:
             raise ValueError(f"binary mask has values {sorted(present)}; expected 0/1 or 0/255")
         binary = np.zeros(256, np.int64)
         binary[0], binary[1] = counts[0], counts[1] + counts[255]
         return array & 1, binary, True  # 0 -> 0, 1 -> 1, 255 -> 1; 60x faster than a LUT
     return array, counts, changed
+
+
+def mask_values(path):
+    """The set of values in a gray (or gray-as-RGB) mask file; "palette" for a palette PNG
+    (its values are class indices whatever they are); None for a file the full check will
+    report."""
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P":
+                return "palette"
+            if image.mode not in ("L", "I", "I;16", "I;16B", "I;16L"):
+                image = image.convert("RGB").getchannel(0)
+            counts = np.asarray(image.histogram()[:256] if image.mode == "L"
+                                else _value_counts(np.clip(np.asarray(image), 0, 256)))
+    except Exception:  # noqa: BLE001  check_pair names the file and the problem
+        return None
+    return set(np.flatnonzero(counts).tolist())
+
+
+def dataset_mask_kind(value_sets):
+    """--mask_kind=auto decided once for a dataset from every mask's values (mask_values).
+
+    binary (255 -> 1) only when every mask is gray and holds nothing but 0 and 255: a
+    class-index set whose masks include one of only background and ignore (0 and 255)
+    stays index, so its ignore pixels stay ignored. Returns (kind, the gray values seen).
+    """
+    seen = set().union(*[v for v in value_sets if isinstance(v, set)])
+    binary = 255 in seen and seen <= {0, 255} and "palette" not in value_sets
+    return ("binary" if binary else "index"), sorted(seen)
 
 
 class _BadFile(Exception):

@@ -58,11 +58,17 @@ def test_round_trip_pixels(tmp_path, channels, ext):
 
 def test_mask_kinds_binary_palette_and_rgb(tmp_path):
     frame = np.zeros((16, 16), np.uint8)
-    # 0/255 binary -> 0/1
-    _write_pair(tmp_path / "b", "0", frame, np.where(np.eye(16) > 0, 255, 0).astype(np.uint8))
-    _write_pair(tmp_path / "b", "1", frame, np.eye(16, dtype=np.uint8))  # 0/1 stays 0/1
-    _prepare(tmp_path / "b", tmp_path / "rb", split=(100, 0, 0))
+    # a 0/255 dataset is binary: 255 -> 1
+    for key in "01":
+        _write_pair(tmp_path / "b", key, frame, np.where(np.eye(16) > 0, 255, 0).astype(np.uint8))
+    manifest = _prepare(tmp_path / "b", tmp_path / "rb", split=(100, 0, 0))
+    assert manifest["mask_kind"] == "binary" and "0 and 255" in manifest["mask_kind_reason"]
     for example in records.read_split(str(tmp_path / "rb"), "train"):
+        np.testing.assert_array_equal(example["mask"][..., 0], np.eye(16, dtype=np.uint8))
+    # a 0/255 mask among 0/1 masks is binary only when the user says so (255 may be ignore)
+    _write_pair(tmp_path / "b", "2", frame, np.eye(16, dtype=np.uint8))
+    _prepare(tmp_path / "b", tmp_path / "rb2", split=(100, 0, 0), mask_kind="binary")
+    for example in records.read_split(str(tmp_path / "rb2"), "train"):
         np.testing.assert_array_equal(example["mask"][..., 0], np.eye(16, dtype=np.uint8))
     # palette PNG: indices are read, not colours; 255 stays the ignore label
     indices = np.tile(np.array([0, 1, 2, 255], np.uint8), (16, 4))
@@ -83,6 +89,25 @@ def test_mask_kinds_binary_palette_and_rgb(tmp_path):
     _prepare(tmp_path / "c", tmp_path / "rc", split=(100, 0, 0), palette=str(palette_file))
     (example,) = records.read_split(str(tmp_path / "rc"), "train")
     assert (example["mask"][:8] == 2).all() and (example["mask"][8:] == 0).all()
+
+
+def test_auto_mask_kind_is_decided_for_the_dataset_not_per_file(tmp_path):
+    """A class-index set (0, 1, 2) whose one mask holds only background and an ignore
+    border (0 and 255): the border stays ignore; it must not become class 1."""
+    rng = np.random.default_rng(0)
+    frame = np.zeros((16, 16), np.uint8)
+    for i in range(9):
+        _write_pair(tmp_path / "d", f"{i}", frame, rng.integers(0, 3, (16, 16), dtype=np.uint8))
+    border = np.full((16, 16), 255, np.uint8)
+    border[2:-2, 2:-2] = 0
+    _write_pair(tmp_path / "d", "9", frame, border)
+    manifest = _prepare(tmp_path / "d", tmp_path / "r", split=(100, 0, 0))
+    assert manifest["mask_kind"] == "index" and "[0, 1, 2, 255]" in manifest["mask_kind_reason"]
+    assert manifest["num_classes"] == 3
+    train = manifest["splits"]["train"]
+    assert train["ignore_pixels"] == int((border == 255).sum()) == 16 * 16 - 12 * 12
+    (example,) = [e for e in records.read_split(str(tmp_path / "r"), "train") if e["id"] == "9"]
+    np.testing.assert_array_equal(example["mask"][..., 0], border)
 
 
 def test_split_counts_and_determinism(tmp_path):

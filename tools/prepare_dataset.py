@@ -19,7 +19,9 @@ flags.DEFINE_integer("seed", 42, "Seed of the split permutation (numpy default_r
 flags.DEFINE_string("frame_glob", "frames/*", "Frames glob under --input; '*' marks the id.")
 flags.DEFINE_string("mask_glob", "masks/*", "Masks glob under --input; '*' marks the id.")
 flags.DEFINE_enum("mask_kind", "auto", validate.MASK_KINDS,
-                  "auto: palette PNG -> indices, 0/255 -> 0/1, else class indices.")
+                  "auto, decided once for the whole dataset: palette PNGs -> indices; "
+                  "binary (0/255 -> 0/1) when every mask holds only 0 and 255; else class "
+                  "indices (255: the ignore label).")
 flags.DEFINE_string("palette", "", "JSON file mapping mask colours ('#rrggbb') to class indices.")
 flags.DEFINE_integer("num_classes", 0, "Number of classes; 0 infers it from the masks.")
 flags.DEFINE_integer("ignore_label", 255, "Mask value excluded from losses and metrics.")
@@ -56,7 +58,8 @@ def main(argv):
         return 1
     counts = {s: v["count"] for s, v in manifest["splits"].items()}
     print(f"wrote {FLAGS.output}: {counts}, num_classes={manifest['num_classes']}, "
-          f"skipped={len(manifest['skipped'])}")
+          f"skipped={len(manifest['skipped'])}, mask_kind={manifest['mask_kind']} "
+          f"({manifest['mask_kind_reason']})")
     return 0
 
 
