@@ -7,8 +7,7 @@ Wiring only: flags -> strategy -> datasets -> model -> the one training loop
 (segtrain.loop) -> evaluate on the test split -> model.keras + SavedModel.
 Rerunning the same command resumes from RUN/backup.
 """
-import json
-import math
+import functools
 import os
 import sys
 
@@ -30,8 +29,10 @@ flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, logs, metrics.j
                     "Default runs/<model>; the same folder resumes.")
 flags.DEFINE_enum("model", "unet", sorted(segmodels.MODELS), "Model (segmodels.MODELS).")
 flags.DEFINE_string("image_size", "512", "Training size: '512' or 'H,W' e.g. '360,480'.")
-flags.DEFINE_integer("batch_size", 8, "GLOBAL batch size (divided over replicas).")
-flags.DEFINE_integer("epochs", 50, "Maximum epochs (EarlyStopping may stop sooner).")
+flags.DEFINE_integer("batch_size", 8, "GLOBAL batch size (divided over replicas).",
+                     lower_bound=1)
+flags.DEFINE_integer("epochs", 50, "Maximum epochs (EarlyStopping may stop sooner).",
+                     lower_bound=1)
 flags.DEFINE_float("learning_rate", 1e-4, "Peak learning rate.")
 flags.DEFINE_enum("optimizer", "adam", optim.OPTIMIZERS, "Optimizer (sgd uses "
                   "Nesterov momentum 0.9).")
@@ -44,7 +45,14 @@ flags.DEFINE_enum("mixed_precision", "auto", distribute.PRECISIONS,
 flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
 # Other flags.
 flags.DEFINE_integer("num_classes", 0, "Classes; 0 takes the manifest's (a mismatch is an error).")
-flags.DEFINE_integer("steps_per_epoch", 0, "0: train split size // batch size.")
+flags.DEFINE_integer("steps_per_epoch", 0, "0: train split size // batch size.", lower_bound=0)
+flags.DEFINE_integer("steps_per_loop", 10, "Training steps per call into TensorFlow: the host "
+                     "reads the loss once per loop (NaN check, progress, batch callbacks), so "
+                     "an accelerator never waits for it between steps.", lower_bound=1)
+flags.DEFINE_bool("progress", True, "Per-epoch progress: a bar on a terminal, a plain line "
+                  "every --progress_interval_s in a log file (chief only).")
+flags.DEFINE_float("progress_interval_s", 30.0, "Seconds between plain progress lines when "
+                   "stdout is not a terminal.", lower_bound=0)
 flags.DEFINE_enum("lr_schedule", "constant", optim.SCHEDULES, "LR schedule.")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 to --learning_rate (any schedule).")
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (adamw only).")
@@ -80,20 +88,21 @@ flags.DEFINE_enum("augment_on", "host", ["host", "device"], "device: geometric a
                   "augmentation run batched inside the train step; host CPUs only decode.")
 flags.DEFINE_bool("cache", False, "Cache decoded examples in memory.")
 flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow's intra-op thread pool size; 0: its "
-                     "default (one per core). 1 suits hosts whose CPUs only feed GPUs: the "
-                     "augmented input pipeline then yields up to 20% more images/s on 2 "
-                     "cores (BENCHMARKS.md §2); a model trained on the CPU needs the default.", lower_bound=0)
-flags.DEFINE_bool("deterministic", False, "tf.config.experimental.enable_op_determinism().")
+                     "default (one per core). 1 suits hosts whose CPUs only feed GPUs; a "
+                     "model trained on the CPU needs the default.", lower_bound=0)
+flags.DEFINE_bool("deterministic", False, "Bit-for-bit repeatable runs: deterministic ops "
+                  "(tf.config.experimental.enable_op_determinism, slower on GPUs). tf.data's "
+                  "order and the augmentation seeds are fixed by --seed in every run.")
 flags.DEFINE_bool("jit_compile", False, "XLA-compile the replica step.")
 flags.DEFINE_string("monitor", "val_loss", "Metric for checkpoints and early stopping.")
 flags.DEFINE_enum("mode", "auto", ["auto", "min", "max"], "auto: min for losses, max otherwise.")
-flags.DEFINE_integer("patience", 3, "EarlyStopping patience, epochs.")
+flags.DEFINE_integer("patience", 3, "EarlyStopping patience, epochs.", lower_bound=0)
 flags.DEFINE_float("min_delta", 0.001, "EarlyStopping minimum improvement.")
 flags.DEFINE_bool("verify_records", True, "Check shard checksums against the manifest first.")
 flags.DEFINE_bool("skip_corrupt", False, "Warn about corrupt shards and skip records that fail to "
                   "read, instead of stopping.")
 flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N logical devices (tests "
-                     "MirroredStrategy without GPUs).")
+                     "MirroredStrategy without GPUs).", lower_bound=0)
 flags.DEFINE_string("data_service", "", "grpc://HOST:PORT of a tf.data service dispatcher: decode + "
                     "augmentation run on its workers (tools/data_service.py).")
 flags.DEFINE_float("step_timeout_s", 900.0, "Exit with a clear error (code 3, backup kept) when no "
@@ -113,6 +122,11 @@ SYNTHETIC_DEFAULTS = {
     "mixed_precision": ("float32", "CPU"),
     "batch_norm": (True, "faster convergence for the small model"),
 }
+
+
+# A backup holds these flags' model and optimizer: resuming with other values cannot work.
+RESUME_FLAGS = ("model", "image_size", "channels", "base_filters", "depth", "batch_norm",
+                "fc_filters", "optimizer")
 
 
 def _log(message):
@@ -138,6 +152,31 @@ def _apply_synthetic_defaults():
             _log(f"  --{name}={value}  ({why})")
 
 
+def _check_run_folder(model_dir):
+    """A file in the way, or a backup made with another model: one clear error, nothing written."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ValueError(f"--model_dir={model_dir} is a file; pass a folder path")
+    flagfile = os.path.join(model_dir, "flags.txt")
+    if not (os.path.isdir(os.path.join(model_dir, "backup")) and os.path.isfile(flagfile)):
+        return
+    with open(flagfile) as handle:
+        changed = cli.changed_flags(handle.read(), {n: FLAGS[n].serialize() for n in RESUME_FLAGS},
+                                    RESUME_FLAGS)
+    if changed:
+        raise ValueError(
+            f"--model_dir={model_dir} holds a run started with "
+            + ", ".join(f"{before} (now {now})" for _, before, now in changed)
+            + f" ({flagfile}); its backup cannot resume with other model flags. Pass a new "
+            "--model_dir, or the same flags to resume.")
+
+
+def _write_flags(model_dir):
+    path = os.path.join(model_dir, "flags.txt")
+    with open(path + ".partial", "w") as handle:
+        handle.write(FLAGS.flags_into_string())
+    os.replace(path + ".partial", path)
+
+
 def run():
     import keras
     import tensorflow as tf
@@ -145,7 +184,7 @@ def run():
     from segdata import augment, pipeline, records
     from segmodels import losses
     from segtrain import callbacks as seg_callbacks
-    from segtrain import export, loop
+    from segtrain import export, loop, progress, results
 
     if FLAGS.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
@@ -155,25 +194,22 @@ def run():
     if FLAGS.data_dir is None:
         _log("no --data_dir: using the built-in synthetic dataset with CPU-sized settings:")
         _apply_synthetic_defaults()
-        data_dir = _synthetic_records()
-    else:
-        data_dir = FLAGS.data_dir
+    data_dir = FLAGS.data_dir or _synthetic_records()
     model_dir = FLAGS.model_dir or os.path.join(ROOT, "runs", FLAGS.model)
     image_size = cli.parse_image_size(FLAGS.image_size)
     manifest = records.load_manifest(data_dir)
-    num_classes = manifest["num_classes"]
+    num_classes, ignore = manifest["num_classes"], manifest["ignore_label"]
     if FLAGS.num_classes and FLAGS.num_classes != num_classes:
         raise ValueError(f"--num_classes={FLAGS.num_classes} but {data_dir}/manifest.json says "
                          f"{num_classes}; drop the flag or re-prepare the data")
-    ignore = manifest["ignore_label"]
     mask_fill = ignore if FLAGS.mask_fill < 0 else FLAGS.mask_fill
     channels = FLAGS.channels or manifest.get("channels", 3)
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise ValueError(f"--batch_size={FLAGS.batch_size} does not divide over {replicas} "
                          f"replicas; use a multiple of {replicas}")
-    train_count = manifest["splits"]["train"]["count"]
-    steps = FLAGS.steps_per_epoch or max(1, train_count // FLAGS.batch_size)
+    steps = FLAGS.steps_per_epoch or max(1, manifest["splits"]["train"]["count"] // FLAGS.batch_size)
+    _check_run_folder(model_dir)
     if FLAGS.skip_corrupt:
         corrupt = sum((records.find_corrupt_shards(data_dir, s) for s in ("train", "val", "test")), [])
         if corrupt:
@@ -190,18 +226,14 @@ def run():
     distribute.set_precision(precision)
     os.makedirs(model_dir, exist_ok=True)
     if is_chief:
-        FLAGS.append_flags_into_file(os.path.join(model_dir, "flags.txt"))
+        _write_flags(model_dir)
     _log(f"{distribute.describe(strategy)} precision={precision} model={FLAGS.model} "
          f"image_size={image_size} batch={FLAGS.batch_size} steps/epoch={steps} "
          f"num_classes={num_classes} data={data_dir}")
 
-    config = augment.AugmentConfig.from_flags(FLAGS)
-    options = {"unet": dict(base_filters=FLAGS.base_filters, depth=FLAGS.depth,
-                            batch_norm=FLAGS.batch_norm, dropout=FLAGS.dropout)}.get(
-        FLAGS.model, dict(fc_filters=FLAGS.fc_filters, dropout=FLAGS.dropout,
-                          backbone_weights=FLAGS.backbone_weights or None))
     with strategy.scope():
-        model = segmodels.build_model(FLAGS.model, image_size + (channels,), num_classes, **options)
+        model = segmodels.build_model(FLAGS.model, image_size + (channels,), num_classes,
+                                      **segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict()))
         rate = optim.learning_rate(FLAGS.learning_rate, FLAGS.lr_schedule, FLAGS.epochs * steps,
                                    int(FLAGS.warmup_epochs * steps))
         optimizer = optim.build_optimizer(FLAGS.optimizer, rate, FLAGS.weight_decay)
@@ -216,78 +248,69 @@ def run():
     loss_fn = lambda y, logits: loss_impl(y, logits, ignore, class_weights)  # noqa: E731
 
     backup_dir = os.path.join(model_dir, "backup")
-    backup = loop.Backup(backup_dir, model, optimizer,
-                         distribute.worker_dir(backup_dir, strategy))
-    start_epoch = int(tf.train.load_variable(backup.read_manager.latest_checkpoint,
-                                             "epoch/.ATTRIBUTES/VARIABLE_VALUE")) \
-        if backup.read_manager.latest_checkpoint else 0
+    backup = loop.Backup(backup_dir, model, optimizer, distribute.worker_dir(backup_dir, strategy),
+                         constant_learning_rate=rate if isinstance(rate, float) else None)
+    start_epoch = backup.latest_epoch()
+    config = augment.AugmentConfig.from_flags(FLAGS)
+    dataset_options = dict(image_size=image_size, augment_config=config, resize=FLAGS.resize,
+                           channels=channels, mask_fill=mask_fill, cache=FLAGS.cache,
+                           skip_corrupt=FLAGS.skip_corrupt)
 
     def train_fn(context):
         per_replica = context.get_per_replica_batch_size(FLAGS.batch_size)
         dataset = pipeline.make_dataset(
-            data_dir, "train", per_replica, image_size, config,
-            seed=FLAGS.seed + 7919 * context.input_pipeline_id, cache=FLAGS.cache,
-            deterministic=FLAGS.deterministic or None, input_context=context,
-            resize=FLAGS.resize, channels=channels, mask_fill=mask_fill,
-            augment_on=FLAGS.augment_on,
-            skip_corrupt=FLAGS.skip_corrupt,
-            start_index=start_epoch * steps * per_replica)
+            data_dir, "train", per_replica, seed=FLAGS.seed + 7919 * context.input_pipeline_id,
+            input_context=context, augment_on=FLAGS.augment_on,
+            start_index=start_epoch * steps * per_replica, **dataset_options)
         if FLAGS.data_service:
             # decode + augment run on the service workers (sharding: see segdata/service.py)
             from segdata import service
             dataset = service.distribute(dataset, FLAGS.data_service)
         return dataset
 
-    train_dataset = strategy.distribute_datasets_from_function(train_fn)
-    eval_dataset = lambda split: pipeline.make_dataset(  # noqa: E731
-        data_dir, split, max(1, FLAGS.batch_size // replicas), image_size, config,
-        resize=FLAGS.resize, channels=channels, mask_fill=mask_fill, cache=FLAGS.cache,
-        skip_corrupt=FLAGS.skip_corrupt)
+    def eval_dataset(split):
+        return strategy.distribute_datasets_from_function(lambda context: pipeline.make_dataset(
+            data_dir, split, context.get_per_replica_batch_size(FLAGS.batch_size),
+            input_context=context, pad_batches=True, **dataset_options))
+
     preprocess = None
     if FLAGS.augment_on == "device":
         preprocess = lambda batch: augment.augment_batch(  # noqa: E731
-            batch[0], batch[1], batch[2], config, mask_fill)
+            batch["image"], batch["mask"], batch["seed"], config, mask_fill)
     trainer = loop.Trainer(strategy, model, optimizer, loss_fn, num_classes, ignore,
-                           preprocess=preprocess, jit_compile=FLAGS.jit_compile)
-
-    sample = next(iter(eval_dataset("val"))) if is_chief else None
-    callbacks = seg_callbacks.make_callbacks(
+                           preprocess=preprocess, jit_compile=FLAGS.jit_compile,
+                           steps_per_loop=FLAGS.steps_per_loop)
+    sample = next(iter(pipeline.make_dataset(data_dir, "val", 4, **dataset_options))) \
+        if is_chief else None
+    callback_list = keras.callbacks.CallbackList(seg_callbacks.make_callbacks(
         model_dir, FLAGS.monitor, FLAGS.mode, FLAGS.patience, FLAGS.min_delta, is_chief,
-        resumed=start_epoch > 0, sample_images=(sample[0][:4], sample[1][:4]) if sample else None)
-    callback_list = keras.callbacks.CallbackList(callbacks, model=model)
+        resumed_epochs=start_epoch,
+        sample_images=(sample["image"], sample["mask"]) if sample else None), model=model)
     try:
-        summary = trainer.fit(train_dataset, eval_dataset("val"), FLAGS.epochs, steps,
-                              callback_list, backup, log=_log,
-                              step_timeout_s=FLAGS.step_timeout_s)
+        summary = trainer.fit(strategy.distribute_datasets_from_function(train_fn),
+                              eval_dataset("val"), FLAGS.epochs, steps, callback_list, backup,
+                              log=_log, step_timeout_s=FLAGS.step_timeout_s,
+                              progress=functools.partial(progress.EpochProgress,
+                                                         interval_s=FLAGS.progress_interval_s)
+                              if is_chief and FLAGS.progress else None,
+                              batch_size=FLAGS.batch_size,
+                              class_names=manifest.get("class_names"))
     except tf.errors.DataLossError:
         bad = records.find_corrupt_shards(data_dir, "train") + records.find_corrupt_shards(
             data_dir, "val")
         raise records.RecordsError(f"corrupt records: {bad or 'unknown shard'}; re-run "
                                    "tools/prepare_dataset.py")
-    if not is_chief:
-        return 0
+    # every worker scores the test split with the best weights: the chief wrote them
+    distribute.barrier(strategy)
     best_path = os.path.join(model_dir, "best.keras")
     if os.path.isfile(best_path):
         model.set_weights(keras.saving.load_model(best_path, compile=False).get_weights())
     test = trainer.evaluate(eval_dataset("test" if manifest["splits"]["test"]["count"] else "val"))
-    epochs_run = int(backup.epoch.numpy())
-    result = {
-        "dice": test["dice"], "per_class_dice": test["per_class_dice"],
-        "mean_iou": test["mean_iou"], "per_class_iou": test["per_class_iou"],
-        "pixel_accuracy": test["pixel_accuracy"], "loss": test["loss"],
-        "confusion_matrix": test["confusion_matrix"],
-        # the backup knows of an early stop even when it happened before a resume
-        "stopped_epoch": epochs_run if backup.finished else None,
-        "epochs_run": epochs_run,
-        "best_epoch": int(backup.best_epoch.numpy()) + 1 if int(backup.best_epoch.numpy()) >= 0 else None,
-        "best_" + FLAGS.monitor: None if math.isnan(float(backup.best.numpy())) else float(backup.best.numpy()),
-        "class_names": manifest.get("class_names"),
-        "resumed_from_epoch": summary["start_epoch"],
-    }
-    temp = os.path.join(model_dir, "metrics.json.partial")
-    with open(temp, "w") as handle:
-        json.dump(result, handle, indent=2)
-    os.replace(temp, os.path.join(model_dir, "metrics.json"))
+    if not is_chief:
+        return 0
+    results.write(model_dir, results.run_result(test, backup, FLAGS.monitor,
+                                                manifest.get("class_names"),
+                                                summary["start_epoch"]))
     _log(f"test: dice={test['dice']:.4f} per_class_dice="
          f"{[round(v, 4) for v in test['per_class_dice']]} mean_iou={test['mean_iou']:.4f} "
          f"pixel_accuracy={test['pixel_accuracy']:.4f}")

@@ -4,6 +4,10 @@
     -> enumerate (the per-example seed) -> parse + decode + resize + augment (one warp)
     -> batch -> prefetch
 
+Elements are dicts: {"image": uint8[B,H,W,C], "mask": uint8[B,H,W,1]}, plus "seed"
+(int64[B,2], for augmentation on the device), "id" (string[B]) and "weight" (float32[B]:
+0 for the padding that evens out evaluation batches) when asked for.
+
 with `cache`, decoding moves before the shuffle: parse + decode -> cache -> [shuffle ->
 repeat] -> enumerate -> resize + augment.
 
@@ -19,10 +23,12 @@ from segdata import augment, records
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _sharded_files(files, input_context, shuffle, seed):
-    """FILE sharding when every input pipeline gets >= 1 shard, else DATA (see below)."""
+def _sharded_files(files, input_context, shuffle, seed, by_data):
+    """FILE sharding when every input pipeline gets >= 1 shard (and `by_data` is False),
+    else DATA (see below)."""
     dataset = tf.data.Dataset.from_tensor_slices(files)
-    by_file = input_context is not None and len(files) >= input_context.num_input_pipelines
+    by_file = (input_context is not None and not by_data
+               and len(files) >= input_context.num_input_pipelines)
     if by_file:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle:
@@ -34,8 +40,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
                  shuffle=None, seed=0, repeat=None, cache=False, deterministic=None,
                  input_context=None, resize="stretch", channels=0, mask_fill=255,
                  shuffle_buffer=256, augment_on="host", with_ids=False, start_index=0,
-                 verify=False, skip_corrupt=False):
-    """Batches of (image uint8[B,H,W,C], mask uint8[B,H,W,1]) from a records folder.
+                 verify=False, skip_corrupt=False, pad_batches=False):
+    """Batches (dicts, see above) from a records folder.
 
     Training defaults (split == "train"): shuffle, repeat, augment, drop the last
     partial batch. Other splits: fixed order, every example exactly once, no augmentation
@@ -46,6 +52,10 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     `start_index` offsets the per-example seeds (a resumed run continues the stream).
     `verify` checks every shard's sha256 first (names a corrupt file before training);
     `skip_corrupt` drops unreadable records with a logged warning instead of failing.
+    `pad_batches` (evaluation under a strategy): each input pipeline reads every n-th example
+    and then padding (mask all `mask_fill`, weight 0) up to ceil(examples / global batch)
+    batches per replica, so every replica runs the same number of steps (a collective never
+    waits for a replica that ran out) and every example still counts exactly once.
     """
     training = split == "train"
     shuffle = training if shuffle is None else shuffle
@@ -63,7 +73,9 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         raise records.RecordsError(f"{records_dir}: split {split!r} has no examples")
     compression = records.compression_of(manifest)
 
-    dataset, by_file = _sharded_files(files, input_context, shuffle, seed)
+    if pad_batches and repeat:
+        raise ValueError("pad_batches is for a single pass (evaluation): pass repeat=False")
+    dataset, by_file = _sharded_files(files, input_context, shuffle, seed, by_data=pad_batches)
     dataset = dataset.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
         cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
@@ -115,16 +127,21 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
             training=training, mask_fill=mask_fill, channels=want_channels)
         if want_channels == 1 and image.shape[-1] == 3:
             image = augment.to_gray(image, host_config.xla)
-        out = (image, mask)
+        out = {"image": tf.ensure_shape(image, out_size + (want_channels,)), "mask": mask}
         if training and augment_on == "device":
-            out += (example_seed,)
+            out["seed"] = example_seed
         if with_ids:
-            out += (example["id"],)
+            out["id"] = example["id"]
+        if pad_batches:
+            out["weight"] = tf.constant(1.0)
         return out
 
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if decode_late and skip_corrupt:
         dataset = dataset.ignore_errors(log_warning=True)
+    if pad_batches:
+        dataset = _padded(dataset, manifest["splits"][split]["count"], batch_size, input_context,
+                          manifest["ignore_label"])
     dataset = dataset.batch(batch_size, drop_remainder=training and repeat,
                             num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()
@@ -133,4 +150,19 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         # We sharded above; stop tf.distribute from sharding a second time.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def _padded(dataset, count, batch_size, input_context, ignore_label):
+    """`dataset` (one pipeline's examples) followed by weight-0 copies of a blank example,
+    its mask all `ignore_label`, up to the slots of ceil(count / global batch) batches per
+    replica."""
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    steps = -(-count // (batch_size * replicas))
+    slots = steps * batch_size * replicas // pipelines
+    spec = dataset.element_spec
+    blank = {key: tf.zeros(s.shape, s.dtype) if s.dtype != tf.string else tf.constant("")
+             for key, s in spec.items()}
+    blank["mask"] = tf.fill(spec["mask"].shape, tf.constant(ignore_label, spec["mask"].dtype))
+    return dataset.concatenate(tf.data.Dataset.from_tensors(blank).repeat()).take(slots)
 

@@ -1,5 +1,6 @@
 """Callbacks for the custom loop: the classic recipe's checkpoints and early stop,
 plus TensorBoard scalars with a few validation images."""
+import csv
 import os
 
 import keras
@@ -41,9 +42,31 @@ class TensorBoardImages(keras.callbacks.Callback):
         self.writer.flush()
 
 
-def make_callbacks(model_dir, monitor, mode, patience, min_delta, is_chief, resumed,
+def trim_csv_log(path, epochs):
+    """Keeps the rows of the first `epochs` epochs of a CSVLogger file (atomically).
+
+    A run killed after an epoch's row was written but before its backup was saved
+    repeats that epoch on resume; without this, log.csv would list it twice.
+    """
+    if not os.path.isfile(path):
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or "epoch" not in rows[0]:
+        return
+    column = rows[0].index("epoch")
+    kept = [rows[0]] + [row for row in rows[1:] if row and int(row[column]) < epochs]
+    if len(kept) == len(rows):
+        return
+    with open(path + ".partial", "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    os.replace(path + ".partial", path)
+
+
+def make_callbacks(model_dir, monitor, mode, patience, min_delta, is_chief, resumed_epochs=0,
                    sample_images=None):
-    """EarlyStopping on every worker (they see the same logs); files on the chief only."""
+    """EarlyStopping on every worker (they see the same logs); files on the chief only.
+    `resumed_epochs`: epochs the backup holds (log.csv continues after them)."""
     mode = monitor_mode(monitor, mode)
     callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience,
                                                min_delta=min_delta, restore_best_weights=False)]
@@ -53,8 +76,10 @@ def make_callbacks(model_dir, monitor, mode, patience, min_delta, is_chief, resu
                                             mode=mode, save_best_only=True),
             keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "latest.weights.h5"),
                                             save_weights_only=True),
-            keras.callbacks.CSVLogger(os.path.join(model_dir, "log.csv"), append=resumed),
+            keras.callbacks.CSVLogger(os.path.join(model_dir, "log.csv"),
+                                      append=resumed_epochs > 0),
         ]
+        trim_csv_log(os.path.join(model_dir, "log.csv"), resumed_epochs)
         if sample_images is not None:
             callbacks.append(TensorBoardImages(os.path.join(model_dir, "tensorboard"),
                                                *sample_images))

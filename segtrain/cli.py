@@ -14,3 +14,29 @@ def parse_image_size(text):
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(f"--image_size={text!r}: expected '512' or 'H,W' like '360,480'")
     return size
+
+
+def flag_lines(text):
+    """A flagfile's text -> {flag name: its line}; `--noname` lines are bool flag `name`."""
+    lines = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("--"):
+            continue
+        name, has_value, _ = line[2:].partition("=")
+        if not has_value and name.startswith("no"):
+            lines[name[2:]] = line  # bool flag x written as --nox
+        lines[name] = line
+    return lines
+
+
+def changed_flags(previous_text, current_lines, names):
+    """The flags in `names` whose line in `current_lines` ({name: line}) differs from the
+    flagfile text of a previous run: [(name, previous line, current line)]."""
+    previous = flag_lines(previous_text)
+    changed = []
+    for name in names:
+        before, now = previous.get(name), current_lines.get(name)
+        if before is not None and now is not None and before != now:
+            changed.append((name, before, now))
+    return changed

@@ -96,3 +96,15 @@ def worker_dir(path, strategy):
 def describe(strategy):
     return json.dumps({"strategy": type(strategy).__name__,
                        "replicas": strategy.num_replicas_in_sync})
+
+
+def barrier(strategy):
+    """Returns once every replica of every worker got here (one all-reduce).
+
+    Before the workers read a file the chief writes (best.keras after training), so none
+    reads it half written."""
+    @tf.function
+    def all_reduce():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.constant(1.0)))
+    strategy.experimental_local_results(all_reduce())[0].numpy()

@@ -7,10 +7,17 @@ under every strategy, so there is one loop, not a fit path plus a custom path.
 Keras callbacks (ModelCheckpoint, EarlyStopping, CSVLogger, ...) are driven from
 here through `keras.callbacks.CallbackList`.
 
+The host talks to the devices once per loop of `steps_per_loop` steps (as TF Model
+Garden's orbit does): the steps run in a `tf.range` loop inside one `tf.function`,
+which sums the loss and the confusion matrix on the device; the host then reads
+them once, checks for NaN/inf, updates the progress line and calls the batch
+callbacks. Confusion counts are float64 (exact to 2**53; float32 stops at 2**24 per
+cell, and every device and collective implementation has float64 sums).
+
 Preemption-safe resume: a `tf.train.CheckpointManager` in RUN_DIR/backup holds
-the model, optimizer, finished-epoch counter and the early-stopping/best-model
-state; it is written after every epoch, so a run killed at any point restarts
-from the last finished epoch with the same command.
+the model, optimizer, finished-epoch counter, early-stopping/best-model state and
+the collapse check's history; it is written after every epoch, so a run killed at any
+point restarts from the last finished epoch with the same command.
 """
 import math
 import os
@@ -24,6 +31,8 @@ import tensorflow as tf
 from absl import logging
 
 from segmodels import metrics as seg_metrics
+from segtrain import collapse
+from segtrain import progress as seg_progress
 
 
 class NanLossError(RuntimeError):
@@ -31,7 +40,7 @@ class NanLossError(RuntimeError):
 
 
 class Watchdog:
-    """Ends the process with a clear message when no step finishes for `timeout_s` seconds.
+    """Ends the process with a clear message when no loop of steps finishes for `timeout_s`.
 
     A dead peer in a collective, or a tf.data service whose worker died mid-pass, can
     block a step forever; a bounded, explained exit (the backup is kept, the same command
@@ -62,128 +71,165 @@ class Watchdog:
                 os._exit(3)
 
 
+def _images_and_masks(batch):
+    return batch["image"], batch["mask"]
+
+
 class Trainer:
     def __init__(self, strategy, model, optimizer, loss_fn, num_classes, ignore_label=255,
-                 preprocess=None, jit_compile=False):
+                 preprocess=None, jit_compile=False, steps_per_loop=1):
         """loss_fn(y_true, logits) -> scalar mean over the per-replica batch.
-        preprocess(batch) -> (images, masks): device-side work inside the step (e.g. augmentation).
+        preprocess(batch dict) -> (images, masks): per-replica work inside the step (device
+        augmentation); default: the batch's "image" and "mask".
         """
+        if steps_per_loop < 1:
+            raise ValueError(f"--steps_per_loop={steps_per_loop}: must be >= 1")
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.loss_fn, self.num_classes, self.ignore_label = loss_fn, num_classes, ignore_label
-        self.preprocess = preprocess or (lambda batch: (batch[0], batch[1]))
-        self.jit_compile = jit_compile
-        self._train_step = None
-        self._eval_step = None
+        self.preprocess = preprocess or _images_and_masks
+        self.steps_per_loop = steps_per_loop
+        self._update = tf.function(self._replica_update, jit_compile=jit_compile)
+        self._train_loop = tf.function(self._train_loop_fn)
+        self._eval_step = tf.function(self._eval_step_fn)
 
     # -- steps ---------------------------------------------------------------
 
-    def _replica_train_step(self, images, masks):
+    def _confusion(self, masks, logits):
+        return tf.cast(seg_metrics.confusion_matrix(masks, logits, self.num_classes,
+                                                    self.ignore_label), tf.float64)
+
+    def _replica_update(self, images, masks):
+        replicas = self.strategy.num_replicas_in_sync
         with tf.GradientTape() as tape:
             logits = self.model(images, training=True)
             loss = self.loss_fn(masks, logits)
             if self.model.losses:
                 loss += tf.add_n(self.model.losses)
             # per-replica mean / replicas: the all-reduced SUM of gradients is then the mean
-            scaled = self.optimizer.scale_loss(loss / self.strategy.num_replicas_in_sync)
+            scaled = self.optimizer.scale_loss(loss / replicas)
         grads = tape.gradient(scaled, self.model.trainable_variables)
         self.optimizer.apply(grads, self.model.trainable_variables)
-        cm = seg_metrics.confusion_matrix(masks, logits, self.num_classes, self.ignore_label)
-        return loss / self.strategy.num_replicas_in_sync, cm
+        return loss / replicas, self._confusion(masks, logits)
 
-    def train_step(self, iterator):
-        if self._train_step is None:
-            replica_fn = tf.function(self._replica_train_step, jit_compile=self.jit_compile)
+    def _train_loop_fn(self, iterator, steps):
+        """`steps` (a tensor: one trace for every loop length) steps; summed loss and counts."""
+        total = tf.constant(0.0, tf.float32)
+        cm = tf.zeros((self.num_classes, self.num_classes), tf.float64)
+        for _ in tf.range(steps):
+            # two runs: the update is a tf.function of its own (for --jit_compile), and one
+            # called from inside another replica function cannot all-reduce its gradients
+            images, masks = self.strategy.run(self.preprocess, args=(next(iterator),))
+            loss, batch_cm = self.strategy.run(self._update, args=(images, masks))
+            total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+            cm += self.strategy.reduce(tf.distribute.ReduceOp.SUM, batch_cm, axis=None)
+        return total, cm
 
-            @tf.function
-            def step(iterator):
-                images, masks = self.preprocess(next(iterator))
-                loss, cm = self.strategy.run(replica_fn, args=(images, masks))
-                reduce = tf.distribute.ReduceOp.SUM
-                return (self.strategy.reduce(reduce, loss, axis=None),
-                        self.strategy.reduce(reduce, cm, axis=None))
-            self._train_step = step
-        return self._train_step(iterator)
+    def train_loop(self, iterator, steps):
+        """Runs `steps` training steps in one call; returns (loss sum, confusion counts)."""
+        return self._train_loop(iterator, tf.constant(steps, tf.int32))
+
+    def _eval_step_fn(self, batch):
+        def replica(batch):
+            logits = self.model(batch["image"], training=False)
+            weight = batch.get("weight")
+            count = (tf.reduce_sum(weight) if weight is not None
+                     else tf.cast(tf.shape(batch["image"])[0], tf.float32))
+            loss = tf.cast(self.loss_fn(batch["mask"], logits), tf.float32)
+            return (tf.stack([loss * count, count]),
+                    self._confusion(batch["mask"], logits))
+        sums, cm = self.strategy.run(replica, args=(batch,))
+        reduce = tf.distribute.ReduceOp.SUM
+        return (self.strategy.reduce(reduce, sums, axis=None),
+                self.strategy.reduce(reduce, cm, axis=None))
 
     def evaluate(self, dataset):
-        """Loss and scores over a whole (non-distributed) dataset, every example once.
+        """Loss and scores over a split, every example once, on every replica.
 
-        Every worker evaluates the full split: no collectives, so uneven splits cannot
-        hang a multi-worker job, and all workers see the same numbers (EarlyStopping
-        then decides the same everywhere).
+        `dataset`: a distributed dataset whose replicas all get the same number of
+        batches (pipeline.make_dataset(..., pad_batches=True)); padding has weight 0 and
+        an all-ignore mask, so it adds nothing. The loss is the example-weighted mean of
+        the batches' losses; the scores come from the one summed confusion matrix.
         """
-        if self._eval_step is None:
-            @tf.function
-            def step(images, masks):
-                logits = self.model(images, training=False)
-                loss = self.loss_fn(masks, logits)
-                return loss, tf.cast(tf.shape(images)[0], tf.float32), seg_metrics.confusion_matrix(
-                    masks, logits, self.num_classes, self.ignore_label)
-            self._eval_step = step
-        total_loss, count = 0.0, 0.0
-        cm = np.zeros((self.num_classes, self.num_classes), np.float64)
+        sums = tf.zeros([2], tf.float32)
+        cm = tf.zeros((self.num_classes, self.num_classes), tf.float64)
         for batch in dataset:
-            loss, n, batch_cm = self._eval_step(batch[0], batch[1])
-            total_loss += float(loss) * float(n)
-            count += float(n)
-            cm += batch_cm.numpy()
-        result = _scores(cm)
-        result["loss"] = total_loss / max(count, 1.0)
+            # no host read per batch: eager adds queue behind the device's work
+            batch_sums, batch_cm = self._eval_step(batch)
+            sums, cm = sums + batch_sums, cm + batch_cm
+        loss_sum, count = (float(v) for v in sums.numpy())
+        cm = cm.numpy()
+        result = scores(cm)
+        result["loss"] = loss_sum / max(count, 1.0)
         result["confusion_matrix"] = cm.tolist()
         return result
 
     # -- the loop ------------------------------------------------------------
 
     def fit(self, train_dataset, val_dataset, epochs, steps_per_epoch, callbacks, backup,
-            log=logging.info, step_timeout_s=0):
-        """Runs from the backup's epoch to `epochs`; returns a summary dict."""
+            log=logging.info, step_timeout_s=0, progress=None, batch_size=1, class_names=None):
+        """Runs from the backup's epoch to `epochs`; returns a summary dict.
+
+        progress(epoch, epochs, steps, batch_size) -> an EpochProgress-like object, or None.
+        """
         watchdog = Watchdog(step_timeout_s, backup.directory)
         try:
             return self._fit(train_dataset, val_dataset, epochs, steps_per_epoch, callbacks,
-                             backup, log, watchdog)
+                             backup, log, watchdog, progress, batch_size, class_names)
         finally:
             watchdog.stop()
 
     def _fit(self, train_dataset, val_dataset, epochs, steps_per_epoch, callbacks, backup, log,
-             watchdog):
+             watchdog, progress, batch_size, class_names):
         callbacks.on_train_begin()
         start_epoch = backup.restore(callbacks)
         if start_epoch:
             log(f"resumed from backup: {start_epoch} epoch(s) already done")
         iterator = iter(train_dataset)
         history = []
-        epoch = start_epoch
         for epoch in range(start_epoch, epochs):
             if backup.finished:
                 break
             callbacks.on_epoch_begin(epoch)
             started = time.time()
+            bar = (progress(epoch, epochs, steps_per_epoch, batch_size) if progress
+                   else seg_progress.NoProgress())
             cm = np.zeros((self.num_classes, self.num_classes), np.float64)
-            loss_sum = 0.0
-            for step in range(steps_per_epoch):
-                callbacks.on_train_batch_begin(step)
-                loss, batch_cm = self.train_step(iterator)
-                loss = float(loss)
+            loss_sum, done = 0.0, 0
+            while done < steps_per_epoch:
+                steps = min(self.steps_per_loop, steps_per_epoch - done)
+                callbacks.on_train_batch_begin(done)
+                loop_loss, loop_cm = self.train_loop(iterator, steps)
+                loop_loss = float(loop_loss)
                 watchdog.beat()
-                if not math.isfinite(loss):
+                if not math.isfinite(loop_loss):
                     raise NanLossError(
-                        f"loss became {loss} at epoch {epoch + 1}, step {step + 1}: lower "
-                        f"--learning_rate or check the data. The last good backup (epoch "
-                        f"{epoch}) is kept in {backup.directory}.")
-                loss_sum += loss
-                cm += batch_cm.numpy()
-                callbacks.on_train_batch_end(step, {"loss": loss})
+                        f"loss became {loop_loss} at epoch {epoch + 1}, steps {done + 1}-"
+                        f"{done + steps}: lower --learning_rate or check the data. The last "
+                        f"good backup (epoch {epoch}) is kept in {backup.directory}.")
+                loss_sum += loop_loss
+                cm += loop_cm.numpy()
+                done += steps
+                bar.update(done, loss_sum / done)
+                callbacks.on_train_batch_end(done - 1, {"loss": loop_loss / steps})
+            bar.finish()
             logs = {"loss": loss_sum / steps_per_epoch}
-            logs.update({k: v for k, v in _scores(cm).items() if not k.startswith("per_class")})
+            logs.update({k: v for k, v in scores(cm).items() if not k.startswith("per_class")})
             val = self.evaluate(val_dataset)
             watchdog.beat()
             logs.update({f"val_{k}": v for k, v in val.items()
                          if not k.startswith("per_class") and k != "confusion_matrix"})
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+            # optimizer steps so far: fewer than the batches seen when float16 loss scaling
+            # skipped steps, and the step the learning-rate schedule is at
+            logs["iterations"] = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
             logs["epoch_seconds"] = time.time() - started
             callbacks.on_epoch_end(epoch, logs)
             history.append(logs)
             log("epoch %d/%d: %s" % (epoch + 1, epochs, ", ".join(
-                f"{k}={v:.4f}" for k, v in logs.items())))
+                f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4g}" for k, v in logs.items())))
+            warning = backup.check_collapse(epoch, cm, logs["loss"], class_names)
+            if warning:
+                log(f"WARNING: {warning}")
             stop = bool(getattr(self.model, "stop_training", False))
             # "finished" means early-stopped: a run that reached --epochs continues if a
             # rerun asks for more epochs
@@ -194,26 +240,40 @@ class Trainer:
         return {"history": history, "start_epoch": start_epoch}
 
 
-def _scores(cm):
-    out = seg_metrics.scores(cm.astype(np.float32))
+def scores(cm):
+    """Confusion counts -> JSON-ready scores (segmodels.metrics.scores)."""
+    out = seg_metrics.scores(np.asarray(cm, np.float32))
     return {k: (np.asarray(v).tolist() if k.startswith("per_class") else float(v))
             for k, v in out.items()}
 
 
 class Backup:
-    """Model + optimizer + progress + callback state in RUN_DIR/backup (CheckpointManager)."""
+    """Model + optimizer + progress + callback state in RUN_DIR/backup (CheckpointManager).
 
-    def __init__(self, directory, model, optimizer, write_directory=None):
+    `constant_learning_rate`: the run's learning rate when it is a constant. It comes from
+    the command line, not the backup, so a user who resumes with a new --learning_rate gets
+    it; a schedule is a function of the restored step and needs nothing.
+    """
+
+    def __init__(self, directory, model, optimizer, write_directory=None,
+                 constant_learning_rate=None):
         self.directory = directory
         self.optimizer = optimizer
+        self.constant_learning_rate = constant_learning_rate
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.done = tf.Variable(False, trainable=False, name="finished")
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="es_wait")
         self.best = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best")
         self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
+        # the collapse check's memory: recent epoch losses and the first warning
+        self.recent_losses = tf.Variable([np.nan] * (collapse.FLAT_EPOCHS + 1), dtype=tf.float64,
+                                         trainable=False, name="recent_losses")
+        self.collapse_warning = tf.Variable("", dtype=tf.string, trainable=False,
+                                            name="collapse_warning")
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epoch=self.epoch, finished=self.done,
-            es_wait=self.wait, best=self.best, best_epoch=self.best_epoch)
+            es_wait=self.wait, best=self.best, best_epoch=self.best_epoch,
+            recent_losses=self.recent_losses, collapse_warning=self.collapse_warning)
         self.read_manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
         self.write_manager = (self.read_manager if not write_directory or write_directory == directory
                               else tf.train.CheckpointManager(self.checkpoint, write_directory,
@@ -223,17 +283,20 @@ class Backup:
     def finished(self):
         return bool(self.done.numpy())
 
+    def latest_epoch(self):
+        """Finished epochs in the newest backup (0 without one), read without restoring."""
+        latest = self.read_manager.latest_checkpoint
+        if not latest:
+            return 0
+        return int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+
     def restore(self, callbacks):
         latest = self.read_manager.latest_checkpoint
         if not latest:
             return 0
-        # A constant learning rate comes from the command line, not the backup: a user who
-        # resumes with a new --learning_rate gets it. Schedules are functions of the step.
-        constant_lr = not callable(getattr(self.optimizer, "_learning_rate", None))
-        learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
         self.checkpoint.restore(latest).expect_partial()
-        if constant_lr:
-            self.optimizer.learning_rate = learning_rate
+        if self.constant_learning_rate is not None:
+            self.optimizer.learning_rate = self.constant_learning_rate
         best = float(self.best.numpy())
         for callback in callbacks.callbacks:
             if isinstance(callback, keras.callbacks.EarlyStopping):
@@ -244,6 +307,23 @@ class Backup:
             if isinstance(callback, keras.callbacks.ModelCheckpoint) and not math.isnan(best):
                 callback.best = best
         return int(self.epoch.numpy())
+
+    def check_collapse(self, epoch, cm, loss, class_names=None):
+        """The collapse warning to print for this epoch (the first one only), or None."""
+        losses = np.concatenate([self.recent_losses.numpy()[1:], [loss]])
+        self.recent_losses.assign(losses)
+        if self.collapse_warning.numpy():
+            return None
+        warning = collapse.diagnose(epoch, cm, [v for v in losses if not math.isnan(v)],
+                                    class_names)
+        if warning:
+            self.collapse_warning.assign(warning)
+        return warning
+
+    @property
+    def collapse(self):
+        """The run's collapse warning, or None."""
+        return self.collapse_warning.numpy().decode() or None
 
     def save(self, epoch, callbacks, finished=False):
         for callback in callbacks.callbacks:

@@ -7,12 +7,13 @@ Each run gets its own RUN_DIR named by its settings, so a rerun skips finished r
 import csv
 import hashlib
 import itertools
-import json
 import os
 import random
 import subprocess
 import sys
 import time
+
+from segtrain import results
 
 
 def parse_grid(text):
@@ -44,12 +45,12 @@ def run_name(point):
 
 
 def collect(run_dir, point, monitor):
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(path):
+    metrics = results.read(run_dir)
+    if metrics is None:
         return None
-    with open(path) as handle:
-        metrics = json.load(handle)
     return {**point, "run": os.path.basename(run_dir),
+            # a run that learned nothing is not an ordinary result (segtrain.collapse)
+            "status": "collapsed" if metrics.get("collapse") else "ok",
             "stopped_epoch": metrics.get("stopped_epoch") or metrics.get("epochs_run"),
             "early_stopped": metrics.get("stopped_epoch") is not None,
             "best_epoch": metrics.get("best_epoch"),
@@ -65,7 +66,7 @@ def run_sweep(sweep_dir, grid, base_args, samples=0, parallel=1, seed=0, monitor
     pending, running, rows = [], [], []
     for point in points:
         run_dir = os.path.join(sweep_dir, run_name(point))
-        if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+        if results.read(run_dir) is not None:
             log(f"skip (finished): {run_dir}")
         else:
             pending.append((point, run_dir))
@@ -97,8 +98,10 @@ def run_sweep(sweep_dir, grid, base_args, samples=0, parallel=1, seed=0, monitor
 
 
 def best_row(rows, monitor, mode):
+    """The best run by `monitor`; a collapsed run only when every run collapsed."""
     key = f"best_{monitor}"
     candidates = [r for r in rows if r.get(key) is not None]
+    candidates = [r for r in candidates if r.get("status") != "collapsed"] or candidates
     if not candidates:
         return None
     return (min if mode == "min" else max)(candidates, key=lambda r: r[key])
@@ -125,7 +128,8 @@ def _fmt(value):
 
 
 def plot(rows, grid, sweep_dir, monitor):
-    """One PNG per hyperparameter: epochs-to-stop and best metric per value."""
+    """One PNG per hyperparameter: epochs-to-stop and best metric per value; collapsed
+    runs are red crosses."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -137,6 +141,13 @@ def plot(rows, grid, sweep_dir, monitor):
             data = [[r[key] for r in rows if r[name] == v and r.get(key) is not None]
                     for v in values]
             axis.boxplot([d or [float("nan")] for d in data])
+            collapsed = [(i + 1, r[key]) for i, v in enumerate(values) for r in rows
+                         if r[name] == v and r.get(key) is not None
+                         and r.get("status") == "collapsed"]
+            if collapsed:
+                axis.scatter(*zip(*collapsed), marker="x", color="red", zorder=3,
+                             label="collapsed")
+                axis.legend(loc="best", fontsize="small")
             axis.set_xticks(range(1, len(values) + 1), values)
             axis.set_title(title)
             axis.set_xlabel(name)

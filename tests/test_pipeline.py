@@ -76,7 +76,8 @@ def test_hflip_matches_numpy_flip():
 def test_resize_policies_shapes_and_mask_values(binary_records, policy):
     ds = pipeline.make_dataset(binary_records, "val", 3, image_size=(40, 56), resize=policy,
                                channels=3)
-    for image, mask in ds:
+    for batch in ds:
+        image, mask = batch["image"], batch["mask"]
         assert image.dtype == tf.uint8 and mask.dtype == tf.uint8
         assert image.shape[1:] == (40, 56, 3) and mask.shape[1:] == (40, 56, 1)
         values = set(np.unique(mask.numpy()).tolist())
@@ -92,7 +93,8 @@ def test_augmented_mask_values_subset(multiclass_records):
                                    contrast=0.2, saturation=0.3, hue=0.05, noise=5)
     ds = pipeline.make_dataset(multiclass_records, "train", 4, image_size=(32, 32),
                                augment_config=config, seed=3)
-    for image, mask in ds.take(5):
+    for batch in ds.take(5):
+        image, mask = batch["image"], batch["mask"]
         assert set(np.unique(mask.numpy()).tolist()) <= {0, 1, 2, 3, 255}
         assert image.shape == (4, 32, 32, 3)
 
@@ -101,21 +103,21 @@ def test_determinism_and_seed_sensitivity(binary_records):
     config = augment.AugmentConfig(hflip=True, rotation=20, brightness=0.1, noise=3)
     make = lambda seed: pipeline.make_dataset(binary_records, "train", 4, image_size=(32, 32),  # noqa
                                               augment_config=config, seed=seed)
-    first = [b[0].numpy() for b in make(5).take(3)]
-    again = [b[0].numpy() for b in make(5).take(3)]
-    other = [b[0].numpy() for b in make(6).take(3)]
+    first = [b["image"].numpy() for b in make(5).take(3)]
+    again = [b["image"].numpy() for b in make(5).take(3)]
+    other = [b["image"].numpy() for b in make(6).take(3)]
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
     assert any(not np.array_equal(a, b) for a, b in zip(first, other))
     # epochs differ: the stream keeps going with new seeds, so epoch 2 is not epoch 1 again
     steps = 28 // 4
-    stream = [b[0].numpy() for b in make(5).take(2 * steps)]
+    stream = [b["image"].numpy() for b in make(5).take(2 * steps)]
     assert not all(np.array_equal(stream[i], stream[i + steps]) for i in range(steps))
 
 
 def test_eval_split_yields_every_example_once(binary_records):
     ds = pipeline.make_dataset(binary_records, "val", 3, image_size=(64, 64), with_ids=True)
-    ids = [i.decode() for batch in ds for i in batch[2].numpy()]
+    ids = [i.decode() for batch in ds for i in batch["id"].numpy()]
     expected = [e["id"] for e in records.read_split(binary_records, "val")]
     assert ids == expected and len(ids) == 8
 
@@ -124,7 +126,8 @@ def test_device_augmentation_matches_shapes(binary_records):
     config = augment.AugmentConfig(hflip=True, rotation=20)
     ds = pipeline.make_dataset(binary_records, "train", 4, image_size=(48, 48),
                                augment_config=config, augment_on="device")
-    images, masks, seeds = next(iter(ds))
+    batch = next(iter(ds))
+    images, masks, seeds = batch["image"], batch["mask"], batch["seed"]
     out_images, out_masks = tf.function(augment.augment_batch)(images, masks, seeds, config)
     assert out_images.shape == images.shape and out_masks.shape == masks.shape
     assert not np.array_equal(out_masks.numpy(), masks.numpy())
@@ -155,7 +158,7 @@ def test_worker_sharding_partitions_examples(binary_records):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
         ds = pipeline.make_dataset(binary_records, "val", 2, image_size=(64, 64), with_ids=True,
                                    input_context=context)
-        seen.append([i.decode() for b in ds for i in b[2].numpy()])
+        seen.append([i.decode() for b in ds for i in b["id"].numpy()])
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(e["id"] for e in records.read_split(binary_records, "val"))
 
@@ -173,7 +176,7 @@ def test_corrupt_shard_and_missing_manifest(binary_records, tmp_path):
     with pytest.raises(tf.errors.DataLossError):
         for _ in pipeline.make_dataset(bad, "train", 2, image_size=(32, 32), repeat=False):
             pass
-    survived = sum(b[0].shape[0] for b in pipeline.make_dataset(
+    survived = sum(b["image"].shape[0] for b in pipeline.make_dataset(
         bad, "train", 1, image_size=(32, 32), repeat=False, shuffle=False, skip_corrupt=True))
     assert 0 < survived < 28
     with pytest.raises(records.RecordsError, match="manifest.json"):
@@ -232,9 +235,9 @@ def test_gray_asked_as_rgb_is_the_gray_output_repeated(binary_records, aug, on, 
         binary_records, split, 4, image_size=(48, 40), augment_config=config, seed=5,
         channels=channels, augment_on=on)
     for gray, rgb in zip(make(1).take(2), make(3).take(2)):
-        assert gray[0].shape[-1] == 1 and rgb[0].shape[-1] == 3
-        np.testing.assert_array_equal(rgb[0].numpy(), np.repeat(gray[0].numpy(), 3, axis=-1))
-        np.testing.assert_array_equal(rgb[1].numpy(), gray[1].numpy())
+        assert gray["image"].shape[-1] == 1 and rgb["image"].shape[-1] == 3
+        np.testing.assert_array_equal(rgb["image"].numpy(), np.repeat(gray["image"].numpy(), 3, axis=-1))
+        np.testing.assert_array_equal(rgb["mask"].numpy(), gray["mask"].numpy())
 
 
 @pytest.mark.parametrize("aug", [dict(rotation=30, zoom=0.2, contrast=0.3),
@@ -248,15 +251,15 @@ def test_rgb_asked_as_gray_is_the_rgb_output_grayed(multiclass_records, aug):
         multiclass_records, "train", 4, image_size=(48, 40), seed=5, channels=channels,
         augment_config=augment.AugmentConfig(**aug))
     for gray, rgb in zip(make(1).take(2), make(3).take(2)):
-        assert gray[0].shape[-1] == 1
-        expected = tf.image.rgb_to_grayscale(tf.cast(rgb[0], tf.float32)).numpy()
-        unclipped = np.all((rgb[0].numpy() > 0) & (rgb[0].numpy() < 255), -1, keepdims=True)
-        diff = np.abs(gray[0].numpy().astype(np.float32) - expected)[unclipped]
+        assert gray["image"].shape[-1] == 1
+        expected = tf.image.rgb_to_grayscale(tf.cast(rgb["image"], tf.float32)).numpy()
+        unclipped = np.all((rgb["image"].numpy() > 0) & (rgb["image"].numpy() < 255), -1, keepdims=True)
+        diff = np.abs(gray["image"].numpy().astype(np.float32) - expected)[unclipped]
         # rounding twice, and contrast centred on the gray mean instead of the channels' mean:
         # within 3 grey levels; a wrong weight or channel would be tens of levels off
         assert unclipped.mean() > 0.5 and diff.max() <= 3 and diff.mean() < 1
         assert expected.std() > 10  # real images, not a flat frame
-        np.testing.assert_array_equal(gray[1].numpy(), rgb[1].numpy())
+        np.testing.assert_array_equal(gray["mask"].numpy(), rgb["mask"].numpy())
 
 
 def test_to_uint8_and_gray_to_rgb_like_numpy():

@@ -75,13 +75,15 @@ def _cpu_seconds():
 
 
 def _measure(batches, images):
-    """(images/s, CPU ms per image) over `images` images of an iterator of (image batch, ...);
+    """(images/s, CPU ms per image) over `images` images of an iterator of batches (dicts
+    from the pipeline, or (images, ...) tuples);
     CPU time is the process's, every thread: more per image on all cores than on one is
     work lost to threading."""
     next(batches)  # warm-up: thread pools, file handles, first decode
     count, start, cpu = 0, time.perf_counter(), _cpu_seconds()
     while count < images:
-        count += len(next(batches)[0])
+        batch = next(batches)
+        count += len(batch["image"] if isinstance(batch, dict) else batch[0])
     return count / (time.perf_counter() - start), (_cpu_seconds() - cpu) / count * 1e3
 
 

@@ -126,8 +126,7 @@ def run_case(precision, source, jit, mode, image_size):
     import segmodels
     keras.mixed_precision.set_dtype_policy(precision)
     keras.utils.set_random_seed(0)
-    options = {"unet": dict(base_filters=FLAGS.base_filters, depth=FLAGS.depth)}.get(
-        FLAGS.model, dict(fc_filters=FLAGS.fc_filters))
+    options = segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict())
     shape = image_size + (FLAGS.channels,)
     with _strategy_scope():
         model = segmodels.build_model(FLAGS.model, shape, FLAGS.num_classes, **options)
@@ -146,7 +145,7 @@ def run_case(precision, source, jit, mode, image_size):
         dataset = pipeline.make_dataset(
             FLAGS.data_dir, "train", batch, image_size,
             augment.AugmentConfig(hflip=True), channels=FLAGS.channels)
-        iterator = iter(dataset)
+        iterator = iter(dataset.map(lambda batch: (batch["image"], batch["mask"])))
         next_batch = lambda: next(iterator)  # noqa: E731
     if mode == "train":
         step = lambda: model.train_on_batch(*next_batch())  # noqa: E731  (returns host loss: synced)

@@ -37,8 +37,8 @@ def render(data_dir, split, num, size, config, policy, seed):
     dataset = pipeline.make_dataset(data_dir, split, 1, (size, size), config, seed=seed,
                                     resize=policy, channels=3, repeat=split == "train")
     rows = []
-    for image, mask in dataset.take(num):
-        image, mask = image[0].numpy(), mask[0].numpy()[..., 0]
+    for batch in dataset.take(num):
+        image, mask = batch["image"][0].numpy(), batch["mask"][0].numpy()[..., 0]
         rows.append([image, visualize.colourise(mask, palette, manifest["ignore_label"]),
                      visualize.overlay(image, mask, palette, ignore_label=manifest["ignore_label"])])
     if not rows:

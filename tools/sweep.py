@@ -5,7 +5,9 @@
 
 Each run lives in SWEEP_DIR/<settings>; an interrupted sweep rerun skips finished runs.
 Writes results.csv, results.md and sweep_<hyperparameter>.png (epochs until early
-stopping and best validation metric per value), and names the best combination.
+stopping and best validation metric per value), and names the best combination. Runs
+that learned nothing (train.py's collapse warning) are marked `collapsed` in the table
+and as red crosses in the plots, and are not picked as best.
 """
 import os
 import sys
@@ -39,6 +41,9 @@ def main(argv):
         sweep.plot(rows, grid, FLAGS.sweep_dir, FLAGS.monitor)
     best = sweep.best_row(rows, FLAGS.monitor, callbacks.monitor_mode(FLAGS.monitor))
     print(f"{len(rows)} finished runs; table: {FLAGS.sweep_dir}/results.md")
+    for row in rows:
+        if row["status"] == "collapsed":
+            print(f"collapsed (learned nothing, see its metrics.json): {row['run']}")
     if best:
         settings = ", ".join(f"{k}={best[k]}" for k in grid)
         print(f"best: {settings} -> best {FLAGS.monitor}={best['best_' + FLAGS.monitor]:.4f} at "

@@ -69,7 +69,7 @@ def test_skip_corrupt_trains_on_and_counts(binary_records, tmp_path):
                                       "--skip_corrupt"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 corrupt shard(s)" in result.stdout
-    kept = sum(b[0].shape[0] for b in pipeline.make_dataset(
+    kept = sum(b["image"].shape[0] for b in pipeline.make_dataset(
         str(bad), "train", 1, (32, 32), repeat=False, shuffle=False, skip_corrupt=True))
     report("flipped_byte_skip", examples_kept=kept, examples_in_split=28)
 
@@ -234,7 +234,7 @@ def test_data_service_each_example_once_and_training(binary_records, tmp_path, d
     from segdata import service
     dataset = service.distribute(pipeline.make_dataset(binary_records, "train", 4, (64, 64),
                                                        repeat=False, with_ids=True), address)
-    ids = [i.decode() for batch in dataset for i in batch[2].numpy()]
+    ids = [i.decode() for batch in dataset for i in batch["id"].numpy()]
     assert sorted(ids) == sorted(e["id"] for e in records.read_split(binary_records, "train"))
     result = subprocess.run(train_cmd(binary_records, tmp_path / "run", "--epochs=2",
                                       "--steps_per_epoch=4", f"--data_service={address}"),
