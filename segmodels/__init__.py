@@ -12,8 +12,24 @@ MODELS = {
     "fcn8s": fcn.build_fcn8s,
 }
 
+# name -> the builder options it takes; train.py and tools/benchmark_train.py pick a
+# model's options from their flags of the same names through model_options()
+MODEL_OPTIONS = {
+    "unet": ("base_filters", "depth", "batch_norm", "dropout"),
+    "fcn32s": ("fc_filters", "dropout", "backbone_weights"),
+    "fcn16s": ("fc_filters", "dropout", "backbone_weights"),
+    "fcn8s": ("fc_filters", "dropout", "backbone_weights"),
+}
+
 # name -> loss(y_true, logits, ignore_label, class_weights) -> scalar
 LOSSES = losses.FUNCTIONS
+
+
+def model_options(name, values):
+    """The options of model `name` found in `values` (a dict of flag values)."""
+    if name not in MODEL_OPTIONS:
+        raise ValueError(f"--model={name!r}: expected one of {sorted(MODELS)}")
+    return {key: values[key] for key in MODEL_OPTIONS[name] if key in values}
 
 
 def build_model(name, input_shape, num_classes, **options):
