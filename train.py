@@ -224,9 +224,6 @@ def run():
         tf.config.experimental.enable_op_determinism()
     precision = distribute.choose_precision(FLAGS.mixed_precision)
     distribute.set_precision(precision)
-    os.makedirs(model_dir, exist_ok=True)
-    if is_chief:
-        _write_flags(model_dir)
     _log(f"{distribute.describe(strategy)} precision={precision} model={FLAGS.model} "
          f"image_size={image_size} batch={FLAGS.batch_size} steps/epoch={steps} "
          f"num_classes={num_classes} data={data_dir}")
@@ -247,6 +244,10 @@ def run():
     loss_impl = segmodels.LOSSES[FLAGS.loss]
     loss_fn = lambda y, logits: loss_impl(y, logits, ignore, class_weights)  # noqa: E731
 
+    # the run folder is written only now: bad flags and data have failed before this
+    os.makedirs(model_dir, exist_ok=True)
+    if is_chief:
+        _write_flags(model_dir)
     backup_dir = os.path.join(model_dir, "backup")
     backup = loop.Backup(backup_dir, model, optimizer, distribute.worker_dir(backup_dir, strategy),
                          constant_learning_rate=rate if isinstance(rate, float) else None)

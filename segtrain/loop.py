@@ -265,15 +265,19 @@ class Backup:
         self.wait = tf.Variable(0, dtype=tf.int64, trainable=False, name="es_wait")
         self.best = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best")
         self.best_epoch = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_epoch")
-        # the collapse check's memory: recent epoch losses and the first warning
-        self.recent_losses = tf.Variable([np.nan] * (collapse.FLAT_EPOCHS + 1), dtype=tf.float64,
+        # the collapse check's memory: recent epoch losses, the class each recent epoch
+        # predicted everywhere (-1: several), and the first warning
+        self.recent_losses = tf.Variable([np.nan] * (collapse.EPOCHS + 1), dtype=tf.float64,
                                          trainable=False, name="recent_losses")
+        self.recent_classes = tf.Variable([-1] * collapse.EPOCHS, dtype=tf.int64,
+                                          trainable=False, name="recent_classes")
         self.collapse_warning = tf.Variable("", dtype=tf.string, trainable=False,
                                             name="collapse_warning")
         self.checkpoint = tf.train.Checkpoint(
             model=model, optimizer=optimizer, epoch=self.epoch, finished=self.done,
             es_wait=self.wait, best=self.best, best_epoch=self.best_epoch,
-            recent_losses=self.recent_losses, collapse_warning=self.collapse_warning)
+            recent_losses=self.recent_losses, recent_classes=self.recent_classes,
+            collapse_warning=self.collapse_warning)
         self.read_manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
         self.write_manager = (self.read_manager if not write_directory or write_directory == directory
                               else tf.train.CheckpointManager(self.checkpoint, write_directory,
@@ -312,10 +316,14 @@ class Backup:
         """The collapse warning to print for this epoch (the first one only), or None."""
         losses = np.concatenate([self.recent_losses.numpy()[1:], [loss]])
         self.recent_losses.assign(losses)
+        single = collapse.single_predicted_class(cm)
+        classes = np.concatenate([self.recent_classes.numpy()[1:],
+                                  [-1 if single is None else single]])
+        self.recent_classes.assign(classes)
         if self.collapse_warning.numpy():
             return None
-        warning = collapse.diagnose(epoch, cm, [v for v in losses if not math.isnan(v)],
-                                    class_names)
+        warning = collapse.diagnose(epoch, [None if c < 0 else int(c) for c in classes],
+                                    [v for v in losses if not math.isnan(v)], class_names)
         if warning:
             self.collapse_warning.assign(warning)
         return warning

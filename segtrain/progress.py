@@ -33,8 +33,10 @@ class EpochProgress:
         self.batch_size, self.interval_s = batch_size, interval_s
         self.started = self.last_line = time.monotonic()
         # the loss passed is the epoch's running mean already: a stateful value to Progbar
-        self.bar = (keras.utils.Progbar(steps, stateful_metrics=["loss", "images/s"])
-                    if interactive else None)
+        self.bar = None
+        if interactive:
+            self.stream.write(f"Epoch {epoch + 1}/{epochs}\n")  # as Keras's fit labels its bars
+            self.bar = keras.utils.Progbar(steps, stateful_metrics=["loss", "images/s"])
         self.step = 0
 
     def update(self, step, loss):

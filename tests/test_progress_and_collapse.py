@@ -39,15 +39,19 @@ def test_single_predicted_class_reads_the_columns():
 
 def test_flat_loss_needs_every_recent_epoch_within_tolerance():
     assert collapse.loss_is_flat([0.9, 0.5323, 0.5323, 0.5323])
-    assert collapse.loss_is_flat([0.5, 0.5 * (1 + 5e-4), 0.5 * (1 - 5e-4)])
+    assert collapse.loss_is_flat([0.5, 0.5 * (1 + 5e-5), 0.5 * (1 - 5e-5)])
+    assert not collapse.loss_is_flat([0.5, 0.5 * (1 + 5e-4), 0.5])  # batch-to-batch noise
     assert not collapse.loss_is_flat([0.5, 0.5, 0.49])       # the last epoch moved 2%
     assert not collapse.loss_is_flat([0.5323, 0.5323])       # only one epoch to compare
 
 
 def test_diagnose_names_the_class_and_what_to_try():
-    cm = np.array([[0, 90], [0, 10]])
-    warning = collapse.diagnose(4, cm, [0.6, 0.5], class_names=["cell", "membrane"])
-    assert warning.startswith("epoch 5: the model predicted membrane for every training pixel")
+    warning = collapse.diagnose(4, [None, 1, 1], [0.7, 0.6, 0.5], class_names=["cell", "membrane"])
+    assert warning.startswith("epoch 5: the model predicted membrane for every training pixel "
+                              "for 2 epochs")
     for advice in ("--learning_rate", "--batch_norm", "--loss=dice_ce", "--class_weights=manifest"):
         assert advice in warning
-    assert collapse.diagnose(0, np.array([[80, 10], [5, 5]]), [0.9]) is None
+    # a first epoch of the majority class everywhere is how healthy runs start
+    assert collapse.diagnose(0, [0], [0.9]) is None
+    assert collapse.diagnose(2, [0, 0, None], [0.9, 0.8, 0.7]) is None
+    assert collapse.diagnose(2, [0, 1], [0.9, 0.8, 0.7]) is None

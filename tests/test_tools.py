@@ -163,18 +163,25 @@ def test_slurm_cluster_resolver_from_fake_environment(monkeypatch):
 
 
 def test_sweep_runs_grid_and_skips_finished(binary_records, tmp_path):
+    """A learning run and a frozen one (learning rate 0: its CE over whole passes of the
+    unaugmented split cannot move), which the sweep marks collapsed."""
     sweep_dir = tmp_path / "sweep"
-    args = ["--sweep_dir=" + str(sweep_dir), "--grid=learning_rate=0.01,0.0", "--parallel=2", "--",
-            f"--data_dir={binary_records}", "--image_size=32", "--base_filters=4", "--depth=2",
-            "--batch_size=4", "--epochs=3", "--steps_per_epoch=2", "--patience=1", "--export=false",
-            "--mixed_precision=float32", "--noaug_hflip"]
+    args = ["--sweep_dir=" + str(sweep_dir), "--grid=learning_rate=0.03,0.0", "--parallel=2", "--",
+            f"--data_dir={binary_records}", "--image_size=32", "--base_filters=8", "--depth=2",
+            "--batch_size=4", "--epochs=3", "--steps_per_epoch=21", "--patience=5",
+            "--export=false", "--loss=ce", "--mixed_precision=float32", "--noaug_hflip",
+            "--dropout=0"]
     first = tool("sweep.py", *args, timeout=600)
     rows = list(csv.DictReader(open(sweep_dir / "results.csv")))
-    assert sorted(r["learning_rate"] for r in rows) == ["0.0", "0.01"]
+    assert sorted(r["learning_rate"] for r in rows) == ["0.0", "0.03"]
     frozen = next(r for r in rows if r["learning_rate"] == "0.0")
-    assert frozen["stopped_epoch"] == "2" and frozen["early_stopped"] == "True"  # patience 1 + 1
+    learning = next(r for r in rows if r["learning_rate"] == "0.03")
+    assert frozen["stopped_epoch"] == "3" and frozen["early_stopped"] == "False"
+    assert frozen["status"] == "collapsed" and learning["status"] == "ok"
+    assert "| collapsed |" in (sweep_dir / "results.md").read_text()
+    assert f"collapsed (learned nothing, see its metrics.json): {frozen['run']}" in first.stdout
     assert Image.open(sweep_dir / "sweep_learning_rate.png").size[0] > 100
-    assert "best: learning_rate=" in first.stdout
+    assert "best: learning_rate=0.03 " in first.stdout  # a collapsed run is never the best
     second = tool("sweep.py", *args, timeout=300)
     assert second.stdout.count("skip (finished)") == 2
 

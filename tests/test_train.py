@@ -1,4 +1,5 @@
 """train.py end to end, in subprocesses (absl flags are process-global)."""
+import csv
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import MEMBRANE, ROOT
+from segdata import records
 from segtrain.callbacks import monitor_mode
 
 TINY = ["--image_size=32", "--base_filters=4", "--depth=2", "--batch_size=4", "--dropout=0",
@@ -25,6 +27,18 @@ def train(records, run_dir, *extra, timeout=300, check=True):
     return result
 
 
+def _test_split_confusion(model, records_dir, size):
+    """The test split scored by numpy: stretch-resized as the pipeline does, np.add.at."""
+    cm = np.zeros((2, 2), np.int64)
+    for example in records.read_split(records_dir, "test"):
+        image = tf.image.resize(example["image"], size, antialias=False)
+        image = np.clip(np.round(image.numpy()), 0, 255).astype("uint8")
+        mask = tf.image.resize(example["mask"], size, method="nearest").numpy()[..., 0]
+        pred = (np.asarray(model(image[None]))[0, ..., 0] > 0).astype(int)
+        np.add.at(cm, (mask.ravel(), pred.ravel()), 1)
+    return cm
+
+
 def test_two_epochs_end_to_end(binary_records, tmp_path):
     run = tmp_path / "run"
     result = train(binary_records, run, "--epochs=2", "--steps_per_epoch=3", "--aug_rotation=10")
@@ -32,58 +46,151 @@ def test_two_epochs_end_to_end(binary_records, tmp_path):
                  "export/saved_model.pb"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
-    for key in ("dice", "per_class_dice", "mean_iou", "per_class_iou", "pixel_accuracy",
-                "stopped_epoch", "best_epoch"):
-        assert key in metrics
-    assert len(metrics["per_class_dice"]) == 2
-    np.testing.assert_allclose(metrics["dice"], np.mean(metrics["per_class_dice"]), rtol=1e-5)
     assert "--model=unet" in (run / "flags.txt").read_text()
     assert "epoch 2/2" in result.stdout
-    # model.keras (the best weights) and the SavedModel agree at the training size...
+    # the test scores are the model's on the test split, counted independently
     model = keras.saving.load_model(str(run / "model.keras"))
+    cm = _test_split_confusion(model, binary_records, (32, 32))
+    np.testing.assert_array_equal(metrics["confusion_matrix"], cm)
+    tp = np.diag(cm)
+    dice, iou = 2 * tp / (cm.sum(0) + cm.sum(1)), tp / (cm.sum(0) + cm.sum(1) - tp)
+    np.testing.assert_allclose(metrics["per_class_dice"], dice, rtol=1e-5)
+    np.testing.assert_allclose(metrics["dice"], dice.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["mean_iou"], iou.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["pixel_accuracy"], tp.sum() / cm.sum(), rtol=1e-6)
+    # model.keras (the best weights) and the SavedModel agree at the training size...
     images = np.random.default_rng(0).integers(0, 255, (2, 32, 32, 1)).astype("uint8")
     logits = np.asarray(model(images))
     served = tf.saved_model.load(str(run / "export")).signatures["serving_default"]
     out = served(images=tf.constant(images))
     np.testing.assert_array_equal(out["mask"].numpy()[..., 0], (logits[..., 0] > 0).astype("uint8"))
-    # ...and the SavedModel serves raw uint8 images of another size at that size.
-    other = served(images=tf.constant(np.zeros((1, 50, 70, 1), "uint8")))
-    assert other["mask"].shape == (1, 50, 70, 1) and other["mask"].dtype == tf.uint8
+    # ...and at another size: resized to 32x32, logits resized back (bilinear both ways)
+    other = np.random.default_rng(1).integers(0, 255, (1, 50, 70, 1)).astype("uint8")
+    small = tf.cast(tf.clip_by_value(tf.round(tf.image.resize(tf.cast(other, tf.float32),
+                                                              (32, 32))), 0, 255), tf.uint8)
+    back = tf.image.resize(model(small), (50, 70)).numpy()[0, ..., 0]
+    served_mask = served(images=tf.constant(other))["mask"].numpy()[0, ..., 0]
+    decided = np.abs(back) > 1e-4
+    np.testing.assert_array_equal(served_mask[decided], (back > 0)[decided])
+    assert decided.mean() > 0.99
 
 
-def test_mirrored_two_logical_cpus_matches_one_device(binary_records, tmp_path):
-    # CE is a per-pixel mean, so per-replica means average to the global one (Dice is not)
-    common = ["--epochs=1", "--steps_per_epoch=2", "--noaug_hflip", "--deterministic", "--loss=ce",
+def _run_weights(run_dir):
+    return keras.saving.load_model(str(run_dir / "best.keras")).get_weights()
+
+
+def test_two_replicas_equal_one_replica_with_the_same_global_batch(binary_records, tmp_path):
+    """Global batch 8 on 2 replicas (4 each) and on 1: the same weights after 3 SGD steps,
+    within float32 rounding. CE is a per-pixel mean, so per-replica means / replicas,
+    summed, are the global mean. SGD, not Adam: Adam's update does not change when every
+    gradient is scaled, so it would hide a wrong loss scaling or reduction."""
+    common = ["--batch_size=8", "--epochs=1", "--steps_per_epoch=3", "--noaug_hflip",
+              "--deterministic", "--loss=ce", "--optimizer=sgd", "--learning_rate=0.1",
               "--export=false"]
-    train(binary_records, tmp_path / "one", *common, "--strategy=default")
+    train(binary_records, tmp_path / "one", *common)
     result = train(binary_records, tmp_path / "two", *common, "--strategy=mirrored",
                    "--logical_cpus=2")
     assert '"replicas": 2' in result.stdout
-    one = keras.saving.load_model(str(tmp_path / "one" / "best.keras")).get_weights()
-    two = keras.saving.load_model(str(tmp_path / "two" / "best.keras")).get_weights()
+    train(binary_records, tmp_path / "start", *common[:-2], "--learning_rate=0", "--export=false")
+    one, two = _run_weights(tmp_path / "one"), _run_weights(tmp_path / "two")
     for a, b in zip(one, two):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-    assert any(np.abs(a).sum() > 0 for a in one)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # the steps moved the weights far more than the tolerance: a gradient off by the
+    # replica count would show
+    moved = max(np.abs(a - b).max() for a, b in zip(one, _run_weights(tmp_path / "start")))
+    assert moved > 1e-3
 
 
-def test_mixed_bfloat16_runs_on_cpu(binary_records, tmp_path):
-    result = train(binary_records, tmp_path / "bf16", "--epochs=1", "--steps_per_epoch=2",
-                   "--mixed_precision=mixed_bfloat16", "--export=false")
-    assert "precision=mixed_bfloat16" in result.stdout
+def test_evaluation_on_two_replicas_counts_every_example_once(binary_records, tmp_path):
+    """Batch 6 over val (8 examples) and test (4): neither divides. With a zero learning rate
+    both runs hold the initial weights, so 2 replicas must give the single device's
+    confusion matrices exactly: padding adds nothing, no example is dropped or doubled."""
+    common = ["--batch_size=6", "--epochs=1", "--steps_per_epoch=1", "--learning_rate=0",
+              "--export=false"]
+    train(binary_records, tmp_path / "one", *common)
+    train(binary_records, tmp_path / "two", *common, "--strategy=mirrored", "--logical_cpus=2")
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert one["confusion_matrix"] == two["confusion_matrix"]
+    assert np.sum(one["confusion_matrix"]) == 4 * 32 * 32
+    rows = [next(csv.DictReader(open(tmp_path / n / "log.csv"))) for n in ("one", "two")]
+    for key in ("val_dice", "val_mean_iou", "val_pixel_accuracy"):
+        assert rows[0][key] == rows[1][key], key
 
 
-def test_multi_worker_two_processes(binary_records, tmp_path):
-    run = tmp_path / "mw"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "launch_local.py"), "--workers=2", "--",
-           f"--data_dir={binary_records}", f"--model_dir={run}", "--epochs=1",
-           "--steps_per_epoch=2"] + TINY
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-4000:]
-    assert "exit codes: [0, 0]" in result.stdout
-    assert '"replicas": 2' in result.stdout
-    assert (run / "model.keras").exists() and (run / "metrics.json").exists()
-    # only the chief writes: the other worker's backups go to a private folder, no model files
-    assert not list(run.glob(".worker*")) and not list((run / "backup").glob("*/model.keras"))
+def test_steps_per_loop_gives_the_same_weights_and_metrics(binary_records, tmp_path):
+    """6 steps an epoch as loops of 4 + 2 and as 6 single steps."""
+    common = ["--epochs=2", "--steps_per_epoch=6", "--noaug_hflip", "--deterministic",
+              "--export=false"]
+    train(binary_records, tmp_path / "single", *common, "--steps_per_loop=1")
+    train(binary_records, tmp_path / "looped", *common, "--steps_per_loop=4")
+    for a, b in zip(_run_weights(tmp_path / "single"), _run_weights(tmp_path / "looped")):
+        np.testing.assert_array_equal(a, b)
+    single, looped = (list(csv.DictReader(open(tmp_path / n / "log.csv")))
+                      for n in ("single", "looped"))
+    assert len(single) == len(looped) == 2
+    for a, b in zip(single, looped):
+        for key in ("loss", "dice", "mean_iou", "val_loss", "val_dice", "iterations"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
+
+
+def test_deterministic_runs_repeat_bit_for_bit(binary_records, tmp_path):
+    common = ["--epochs=1", "--steps_per_epoch=4", "--aug_rotation=15", "--deterministic",
+              "--export=false"]
+    train(binary_records, tmp_path / "a", *common)
+    train(binary_records, tmp_path / "b", *common)
+    for a, b in zip(_run_weights(tmp_path / "a"), _run_weights(tmp_path / "b")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_run_that_learns_nothing_says_so(binary_records, tmp_path):
+    """A zero learning rate with CE over whole epochs (the same examples each epoch, no
+    augmentation): the epoch loss cannot move, which the run must report."""
+    run = tmp_path / "frozen"
+    result = train(binary_records, run, "--epochs=3", "--learning_rate=0", "--loss=ce",
+                   "--noaug_hflip", "--patience=5", "--export=false")
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING: epoch")]
+    assert len(warnings) == 1 and "likely collapsed" in warnings[0]
+    assert "the training loss has not moved for 2 epochs" in result.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["collapse"] == warnings[0][len("WARNING: "):]
+    healthy = train(binary_records, tmp_path / "learns", "--epochs=3", "--loss=ce", "--noaug_hflip",
+                    "--patience=5", "--export=false", "--base_filters=8", "--learning_rate=0.03",
+                    "--steps_per_epoch=21")
+    assert json.loads((tmp_path / "learns" / "metrics.json").read_text())["dice"] > 0.8
+    assert "likely collapsed" not in healthy.stdout
+    assert json.loads((tmp_path / "learns" / "metrics.json").read_text())["collapse"] is None
+
+
+def test_progress_bar_on_a_terminal_and_none_with_noprogress(binary_records, tmp_path):
+    """On a terminal (a pty here) Keras's Progbar draws steps, ETA, images/s and the loss;
+    --noprogress draws nothing."""
+    import pty
+    outputs = {}
+    for name, extra in (("bar", []), ("off", ["--noprogress"])):
+        leader, follower = pty.openpty()
+        cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
+               f"--model_dir={tmp_path / name}", *TINY, "--epochs=1", "--steps_per_epoch=20",
+               "--steps_per_loop=5", "--export=false", *extra]
+        proc = subprocess.Popen(cmd, stdout=follower, stderr=subprocess.DEVNULL)
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the pty closes when the process ends
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=120) == 0
+        os.close(leader)
+        outputs[name] = b"".join(chunks).decode(errors="replace")
+    bar = outputs["bar"]
+    for piece in ("5/20", "20/20", "━", "images/s", "loss:"):
+        assert piece in bar, piece
+    assert "\r" in bar
+    assert "20/20" not in outputs["off"] and "images/s" not in outputs["off"]
+    assert "epoch 1/1:" in outputs["off"]
 
 
 def test_early_stopping_with_zero_learning_rate(binary_records, tmp_path):
@@ -104,6 +211,7 @@ def test_monitor_mode_derivation():
 
 
 @pytest.mark.parametrize("extra,message", [
+    (["--batch_size=0"], "--batch_size"),
     (["--model=segnet"], "--model"),
     (["--image_size=30"], "--image_size"),
     (["--strategy=mirrored", "--logical_cpus=2", "--batch_size=3"], "--batch_size=3"),
@@ -114,9 +222,32 @@ def test_bad_flags_one_clear_line(binary_records, tmp_path, extra, message):
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
            f"--model_dir={tmp_path / 'bad'}"] + TINY + extra
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert message in result.stderr
+    assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def test_model_dir_that_is_a_file_is_one_clear_line(binary_records, tmp_path):
+    path = tmp_path / "taken"
+    path.write_text("not a folder")
+    result = train(binary_records, path, "--epochs=1", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert f"--model_dir={path} is a file" in result.stderr
+    assert path.read_text() == "not a folder"
+
+
+def test_resuming_with_another_model_names_the_flags(binary_records, tmp_path):
+    run = tmp_path / "run"
+    train(binary_records, run, "--epochs=1", "--steps_per_epoch=1", "--export=false")
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*")}
+    result = train(binary_records, run, "--epochs=2", "--steps_per_epoch=1", "--model=fcn8s",
+                   "--fc_filters=8", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (line,) = [l for l in result.stderr.splitlines() if l.startswith("train.py: error:")]
+    assert "--model=unet (now --model=fcn8s)" in line and "--fc_filters" in line
+    assert "new --model_dir" in line and "flags.txt" in line
+    assert {p.name: p.stat().st_mtime_ns for p in run.rglob("*")} == before
 
 
 @pytest.mark.skipif(not os.path.isdir(MEMBRANE), reason="shared membrane data not present")
