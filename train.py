@@ -177,14 +177,44 @@ def _write_flags(model_dir):
     os.replace(path + ".partial", path)
 
 
+def _check_data(data_dir, replicas):
+    """The manifest and steps per epoch, once the flags and records are known to fit."""
+    from segdata import records
+    manifest = records.load_manifest(data_dir)
+    if FLAGS.num_classes and FLAGS.num_classes != manifest["num_classes"]:
+        raise ValueError(f"--num_classes={FLAGS.num_classes} but {data_dir}/manifest.json says "
+                         f"{manifest['num_classes']}; drop the flag or re-prepare the data")
+    if FLAGS.batch_size % replicas:
+        raise ValueError(f"--batch_size={FLAGS.batch_size} does not divide over {replicas} "
+                         f"replicas; use a multiple of {replicas}")
+    if FLAGS.skip_corrupt:
+        corrupt = sum((records.find_corrupt_shards(data_dir, s) for s in ("train", "val", "test")), [])
+        if corrupt:
+            _log(f"WARNING: {len(corrupt)} corrupt shard(s), unreadable records will be skipped "
+                 f"(--skip_corrupt): {corrupt}")
+    elif FLAGS.verify_records:
+        for split in ("train", "val", "test"):
+            records.list_shards(data_dir, split, manifest, verify=True)
+    steps = FLAGS.steps_per_epoch or max(1, manifest["splits"]["train"]["count"] // FLAGS.batch_size)
+    return manifest, steps
+
+
+def _loss_fn(manifest):
+    from segmodels import losses
+    weights = None
+    if FLAGS.class_weights == "manifest":
+        weights = losses.class_weights_from_pixels(manifest["splits"]["train"]["class_pixels"])
+        _log(f"class weights from the manifest: {[round(w, 3) for w in weights]}")
+    loss, ignore = segmodels.LOSSES[FLAGS.loss], manifest["ignore_label"]
+    return lambda y, logits: loss(y, logits, ignore, weights)
+
+
 def run():
     import keras
     import tensorflow as tf
 
     from segdata import augment, pipeline, records
-    from segmodels import losses
-    from segtrain import callbacks as seg_callbacks
-    from segtrain import export, loop, progress, results
+    from segtrain import callbacks, export, loop, progress, results
 
     if FLAGS.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
@@ -197,27 +227,10 @@ def run():
     data_dir = FLAGS.data_dir or _synthetic_records()
     model_dir = FLAGS.model_dir or os.path.join(ROOT, "runs", FLAGS.model)
     image_size = cli.parse_image_size(FLAGS.image_size)
-    manifest = records.load_manifest(data_dir)
+    manifest, steps = _check_data(data_dir, strategy.num_replicas_in_sync)
     num_classes, ignore = manifest["num_classes"], manifest["ignore_label"]
-    if FLAGS.num_classes and FLAGS.num_classes != num_classes:
-        raise ValueError(f"--num_classes={FLAGS.num_classes} but {data_dir}/manifest.json says "
-                         f"{num_classes}; drop the flag or re-prepare the data")
-    mask_fill = ignore if FLAGS.mask_fill < 0 else FLAGS.mask_fill
     channels = FLAGS.channels or manifest.get("channels", 3)
-    replicas = strategy.num_replicas_in_sync
-    if FLAGS.batch_size % replicas:
-        raise ValueError(f"--batch_size={FLAGS.batch_size} does not divide over {replicas} "
-                         f"replicas; use a multiple of {replicas}")
-    steps = FLAGS.steps_per_epoch or max(1, manifest["splits"]["train"]["count"] // FLAGS.batch_size)
     _check_run_folder(model_dir)
-    if FLAGS.skip_corrupt:
-        corrupt = sum((records.find_corrupt_shards(data_dir, s) for s in ("train", "val", "test")), [])
-        if corrupt:
-            _log(f"WARNING: {len(corrupt)} corrupt shard(s), unreadable records will be skipped "
-                 f"(--skip_corrupt): {corrupt}")
-    elif FLAGS.verify_records:
-        for split in ("train", "val", "test"):
-            records.list_shards(data_dir, split, manifest, verify=True)
 
     keras.utils.set_random_seed(FLAGS.seed)
     if FLAGS.deterministic:
@@ -227,22 +240,14 @@ def run():
     _log(f"{distribute.describe(strategy)} precision={precision} model={FLAGS.model} "
          f"image_size={image_size} batch={FLAGS.batch_size} steps/epoch={steps} "
          f"num_classes={num_classes} data={data_dir}")
-
     with strategy.scope():
         model = segmodels.build_model(FLAGS.model, image_size + (channels,), num_classes,
                                       **segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict()))
         rate = optim.learning_rate(FLAGS.learning_rate, FLAGS.lr_schedule, FLAGS.epochs * steps,
                                    int(FLAGS.warmup_epochs * steps))
-        optimizer = optim.build_optimizer(FLAGS.optimizer, rate, FLAGS.weight_decay)
-        if precision == "mixed_float16":
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = optim.build_optimizer(FLAGS.optimizer, rate, FLAGS.weight_decay,
+                                          loss_scale=precision == "mixed_float16")
         optimizer.build(model.trainable_variables)
-    class_weights = None
-    if FLAGS.class_weights == "manifest":
-        class_weights = losses.class_weights_from_pixels(manifest["splits"]["train"]["class_pixels"])
-        _log(f"class weights from the manifest: {[round(w, 3) for w in class_weights]}")
-    loss_impl = segmodels.LOSSES[FLAGS.loss]
-    loss_fn = lambda y, logits: loss_impl(y, logits, ignore, class_weights)  # noqa: E731
 
     # the run folder is written only now: bad flags and data have failed before this
     os.makedirs(model_dir, exist_ok=True)
@@ -253,16 +258,17 @@ def run():
                          constant_learning_rate=rate if isinstance(rate, float) else None)
     start_epoch = backup.latest_epoch()
     config = augment.AugmentConfig.from_flags(FLAGS)
-    dataset_options = dict(image_size=image_size, augment_config=config, resize=FLAGS.resize,
-                           channels=channels, mask_fill=mask_fill, cache=FLAGS.cache,
-                           skip_corrupt=FLAGS.skip_corrupt)
+    mask_fill = ignore if FLAGS.mask_fill < 0 else FLAGS.mask_fill
+    options = dict(image_size=image_size, augment_config=config, resize=FLAGS.resize,
+                   channels=channels, mask_fill=mask_fill, cache=FLAGS.cache,
+                   skip_corrupt=FLAGS.skip_corrupt)
 
     def train_fn(context):
         per_replica = context.get_per_replica_batch_size(FLAGS.batch_size)
         dataset = pipeline.make_dataset(
             data_dir, "train", per_replica, seed=FLAGS.seed + 7919 * context.input_pipeline_id,
             input_context=context, augment_on=FLAGS.augment_on,
-            start_index=start_epoch * steps * per_replica, **dataset_options)
+            start_index=start_epoch * steps * per_replica, **options)
         if FLAGS.data_service:
             # decode + augment run on the service workers (sharding: see segdata/service.py)
             from segdata import service
@@ -272,30 +278,24 @@ def run():
     def eval_dataset(split):
         return strategy.distribute_datasets_from_function(lambda context: pipeline.make_dataset(
             data_dir, split, context.get_per_replica_batch_size(FLAGS.batch_size),
-            input_context=context, pad_batches=True, **dataset_options))
+            input_context=context, pad_batches=True, **options))
 
     preprocess = None
     if FLAGS.augment_on == "device":
         preprocess = lambda batch: augment.augment_batch(  # noqa: E731
             batch["image"], batch["mask"], batch["seed"], config, mask_fill)
-    trainer = loop.Trainer(strategy, model, optimizer, loss_fn, num_classes, ignore,
-                           preprocess=preprocess, jit_compile=FLAGS.jit_compile,
-                           steps_per_loop=FLAGS.steps_per_loop)
-    sample = next(iter(pipeline.make_dataset(data_dir, "val", 4, **dataset_options))) \
-        if is_chief else None
-    callback_list = keras.callbacks.CallbackList(seg_callbacks.make_callbacks(
+    trainer = loop.Trainer(strategy, model, optimizer, _loss_fn(manifest), num_classes, ignore,
+                           preprocess, FLAGS.jit_compile, FLAGS.steps_per_loop)
+    sample = next(iter(pipeline.make_dataset(data_dir, "val", 4, **options))) if is_chief else None
+    callback_list = keras.callbacks.CallbackList(callbacks.make_callbacks(
         model_dir, FLAGS.monitor, FLAGS.mode, FLAGS.patience, FLAGS.min_delta, is_chief,
-        resumed_epochs=start_epoch,
-        sample_images=(sample["image"], sample["mask"]) if sample else None), model=model)
+        start_epoch, (sample["image"], sample["mask"]) if sample else None), model=model)
+    bar = functools.partial(progress.EpochProgress, interval_s=FLAGS.progress_interval_s)
     try:
         summary = trainer.fit(strategy.distribute_datasets_from_function(train_fn),
                               eval_dataset("val"), FLAGS.epochs, steps, callback_list, backup,
-                              log=_log, step_timeout_s=FLAGS.step_timeout_s,
-                              progress=functools.partial(progress.EpochProgress,
-                                                         interval_s=FLAGS.progress_interval_s)
-                              if is_chief and FLAGS.progress else None,
-                              batch_size=FLAGS.batch_size,
-                              class_names=manifest.get("class_names"))
+                              _log, FLAGS.step_timeout_s, bar if is_chief and FLAGS.progress else None,
+                              FLAGS.batch_size, manifest.get("class_names"))
     except tf.errors.DataLossError:
         bad = records.find_corrupt_shards(data_dir, "train") + records.find_corrupt_shards(
             data_dir, "val")
@@ -303,15 +303,14 @@ def run():
                                    "tools/prepare_dataset.py")
     # every worker scores the test split with the best weights: the chief wrote them
     distribute.barrier(strategy)
-    best_path = os.path.join(model_dir, "best.keras")
-    if os.path.isfile(best_path):
-        model.set_weights(keras.saving.load_model(best_path, compile=False).get_weights())
+    if os.path.isfile(os.path.join(model_dir, "best.keras")):
+        model.set_weights(keras.saving.load_model(os.path.join(model_dir, "best.keras"),
+                                                  compile=False).get_weights())
     test = trainer.evaluate(eval_dataset("test" if manifest["splits"]["test"]["count"] else "val"))
     if not is_chief:
         return 0
     results.write(model_dir, results.run_result(test, backup, FLAGS.monitor,
-                                                manifest.get("class_names"),
-                                                summary["start_epoch"]))
+                                                manifest.get("class_names"), summary["start_epoch"]))
     _log(f"test: dice={test['dice']:.4f} per_class_dice="
          f"{[round(v, 4) for v in test['per_class_dice']]} mean_iou={test['mean_iou']:.4f} "
          f"pixel_accuracy={test['pixel_accuracy']:.4f}")

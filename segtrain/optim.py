@@ -46,13 +46,16 @@ def learning_rate(peak, schedule, total_steps, warmup_steps=0):
     return Warmup(rate, warmup_steps, peak) if warmup_steps else rate
 
 
-def build_optimizer(name, rate, weight_decay=1e-4):
+def build_optimizer(name, rate, weight_decay=1e-4, loss_scale=False):
+    """loss_scale: wrap in Keras's LossScaleOptimizer (dynamic loss scaling, for float16)."""
     if name == "adam":
-        return keras.optimizers.Adam(rate)
-    if name == "adamw":
-        return keras.optimizers.AdamW(rate, weight_decay=weight_decay)
-    if name == "sgd":
-        return keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(rate)
-    raise ValueError(f"--optimizer={name!r}: expected one of {OPTIMIZERS}")
+        optimizer = keras.optimizers.Adam(rate)
+    elif name == "adamw":
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay)
+    elif name == "sgd":
+        optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
+    elif name == "rmsprop":
+        optimizer = keras.optimizers.RMSprop(rate)
+    else:
+        raise ValueError(f"--optimizer={name!r}: expected one of {OPTIMIZERS}")
+    return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scale else optimizer

@@ -75,8 +75,9 @@ def _cpu_seconds():
 
 
 def _measure(batches, images):
-    """(images/s, CPU ms per image) over `images` images of an iterator of batches (dicts
-    from the pipeline, or (images, ...) tuples);
+    """(images/s, CPU ms per image, images timed) over the whole batches that hold at least
+    `images` images of an iterator of batches (dicts from the pipeline, or (images, ...)
+    tuples);
     CPU time is the process's, every thread: more per image on all cores than on one is
     work lost to threading."""
     next(batches)  # warm-up: thread pools, file handles, first decode
@@ -84,7 +85,7 @@ def _measure(batches, images):
     while count < images:
         batch = next(batches)
         count += len(batch["image"] if isinstance(batch, dict) else batch[0])
-    return count / (time.perf_counter() - start), (_cpu_seconds() - cpu) / count * 1e3
+    return count / (time.perf_counter() - start), (_cpu_seconds() - cpu) / count * 1e3, count
 
 
 def _rate(dataset, images):
@@ -110,7 +111,8 @@ def _child_rates(names, cpus=None, intra_op_threads=0):
     if child.returncode:
         raise RuntimeError(f"child run failed ({' '.join(command)}):\n{child.stderr[-2000:]}")
     report = json.loads(child.stdout.strip().splitlines()[-1])
-    return {name: (report[name], report["cpu_ms_per_image"][name]) for name in names}
+    return {name: (report[name], report["cpu_ms_per_image"][name],
+                   report["images_timed"][name]) for name in names}, report["cores"]
 
 
 def decode_limit(data_dir, split):
@@ -209,21 +211,25 @@ def main(argv):
     samples = ({name: [] for name in rows} | {name + "_1core": [] for name in one_core}
                | {name + "_intra1": [] for name in intra1})
     cpu_samples = {name: [] for name in samples}
+    images_timed, child_cores = {}, {}
 
-    def record(name, rate_and_cpu):
-        samples[name].append(rate_and_cpu[0])
-        cpu_samples[name].append(rate_and_cpu[1])
+    def record(name, measured):
+        samples[name].append(measured[0])
+        cpu_samples[name].append(measured[1])
+        images_timed[name] = measured[2] if len(measured) > 2 else None
 
     for _ in range(FLAGS.repeats):
         for name, measure in rows.items():
             record(name, measure())
         if one_core:
-            for name, measured in _child_rates(one_core,
-                                               cpus={min(os.sched_getaffinity(0))}).items():
-                record(name + "_1core", measured)
+            measured, child_cores["1core"] = _child_rates(one_core,
+                                                          cpus={min(os.sched_getaffinity(0))})
+            for name, values in measured.items():
+                record(name + "_1core", values)
         if intra1:
-            for name, measured in _child_rates(intra1, intra_op_threads=1).items():
-                record(name + "_intra1", measured)
+            measured, child_cores["intra1"] = _child_rates(intra1, intra_op_threads=1)
+            for name, values in measured.items():
+                record(name + "_intra1", values)
     median = lambda values: statistics.median(values) if None not in values else None  # noqa
     results = {name: median(values) for name, values in samples.items()}
     cpu_ms = {name: median(values) for name, values in cpu_samples.items()}
@@ -250,6 +256,7 @@ def main(argv):
         max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         print(json.dumps({**results, **ratios, "cores": cores, "repeats": FLAGS.repeats,
                           "cpu_ms_per_image": cpu_ms, "max_rss_mb": round(max_rss_mb),
+                          "images_timed": images_timed, "child_cores": child_cores,
                           "samples": samples, "scaling_rounds": scaling_rounds}))
         return 0
     print(f"{cores} cores, {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.data_dir}")
