@@ -213,7 +213,7 @@ def run():
     import keras
     import tensorflow as tf
 
-    from segdata import augment, pipeline, records
+    from segdata import augment, pipeline, records, serving
     from segtrain import callbacks, export, loop, progress, results
 
     if FLAGS.intra_op_threads:
@@ -315,9 +315,14 @@ def run():
          f"{[round(v, 4) for v in test['per_class_dice']]} mean_iou={test['mean_iou']:.4f} "
          f"pixel_accuracy={test['pixel_accuracy']:.4f}")
     if FLAGS.export:
+        # the contract travels with the model: predict, evaluate and the SavedModel read it
+        contract = serving.InputContract(image_size, FLAGS.resize, channels, num_classes, ignore,
+                                         manifest.get("class_names"), FLAGS.aug_xla)
         model.save(os.path.join(model_dir, "model.keras"))
-        export.export_saved_model(model, os.path.join(model_dir, "export"), image_size, channels)
-        _log(f"saved {model_dir}/model.keras and {model_dir}/export/ (SavedModel)")
+        contract.save(model_dir)
+        export.export_saved_model(model, os.path.join(model_dir, "export"), contract)
+        _log(f"saved {model_dir}/model.keras, {serving.FILENAME} and {model_dir}/export/ "
+             "(SavedModel)")
     return 0
 
 

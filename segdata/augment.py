@@ -159,7 +159,7 @@ def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="con
     detour = images.dtype == tf.uint8 and interpolation == "BILINEAR"
     out = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(images, tf.float32) if detour else images, transforms=transforms,
-        output_shape=tf.constant(out_size, tf.int32),
+        output_shape=tf.convert_to_tensor(out_size, tf.int32),
         fill_value=tf.cast(fill_value, tf.float32),
         interpolation=interpolation, fill_mode=fill_mode.upper())
     return tf.cast(tf.round(out), tf.uint8) if detour and not keep_float else out

@@ -37,6 +37,29 @@ def load_palette(path):
     return palette
 
 
+def _gray_or_rgb(image):
+    """A decoded PIL frame as mode L or RGB: 16-bit grey keeps its top 8 bits (what a uint8
+    pipeline can carry); CMYK, RGBA, palette and LA frames become RGB."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.uint32)
+        array = (array >> 8).astype(np.uint8) if array.max() > 255 else array.astype(np.uint8)
+        return Image.fromarray(array, "L")
+    if image.mode not in ("L", "RGB"):
+        return image.convert("RGB")
+    return image
+
+
+def read_frame(path):
+    """An image file as uint8 (h, w, 1) or (h, w, 3), converted as prepare converts frames;
+    ValueError naming the file when it cannot be read (missing, truncated, not an image)."""
+    try:
+        _, image = _read_image(path)
+    except _BadFile as err:
+        raise ValueError(str(err))
+    array = np.asarray(_gray_or_rgb(image))
+    return array[..., None] if array.ndim == 2 else array
+
+
 def _frame_payload(image, resize):
     """Returns (bytes, format, channels). Bytes are None when the file is kept as it is
     (TF can decode it): the shard writer reads it then, from the page cache, because
@@ -45,13 +68,7 @@ def _frame_payload(image, resize):
     keep = resize is None and fmt in ("PNG", "JPEG") and image.mode in ("L", "RGB")
     if keep:
         return None, fmt.lower(), 1 if image.mode == "L" else 3
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16-bit grey: keep the top 8 bits, which is what a uint8 pipeline can carry.
-        array = np.asarray(image, dtype=np.uint32)
-        array = (array >> 8).astype(np.uint8) if array.max() > 255 else array.astype(np.uint8)
-        image = Image.fromarray(array, "L")
-    elif image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")  # CMYK, RGBA, palette, LA frames
+    image = _gray_or_rgb(image)
     if resize is not None:
         image = image.resize((resize[1], resize[0]), Image.BILINEAR)
     buffer = io.BytesIO()

@@ -16,6 +16,19 @@ def parse_image_size(text):
     return size
 
 
+def parse_tile(text):
+    """--tile: '' -> None (whole images), 'model' -> windows of the model's input size,
+    'H,W' -> (H, W)."""
+    if not text:
+        return None
+    if text == "model":
+        return "model"
+    try:
+        return parse_image_size(text)
+    except ValueError:
+        raise ValueError(f"--tile={text!r}: expected 'model' or H,W like 512,512")
+
+
 def flag_lines(text):
     """A flagfile's text -> {flag name: its line}; `--noname` lines are bool flag `name`."""
     lines = {}

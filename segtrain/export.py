@@ -1,79 +1,185 @@
-"""SavedModel export: a serving signature that takes uint8 images of any size and returns masks."""
+"""SavedModel export and loading a trained model for inference, both through segdata.serving.
+
+The SavedModel serves raw uint8 images of any size exactly as training mapped them (its
+input contract travels inside it) and has three signatures:
+- serving_default(images uint8 [N, h, w, C]) -> logits [N, h, w, K] float32, probabilities,
+  mask uint8 [N, h, w, 1] (ignore label where the model never saw a pixel);
+- tiled(images, tile_overlap float32, tta int32: 0 none, 1 hflip, 2 hvflip) -> the same,
+  from overlapping windows of the model's input size;
+- model(images uint8 [N, H, W, C] at the input size) -> logits: the network alone, for tools
+  that map images themselves (predict, evaluate) and for tiles of another size.
+"""
 import os
 import shutil
 
 import tensorflow as tf
 
+from segdata import serving
+
+
 
 class _Serving(tf.Module):
-    def __init__(self, model, image_size, channels):
+    def __init__(self, model, contract, contract_path):
         super().__init__()
         self.model = model
-        self.image_size = tuple(image_size)
-        self.channels = channels
+        self.contract = contract
+        # readable by TF Serving clients and by load_predictor; the asset is for people
+        self.input_contract = tf.Variable(contract.to_json(), trainable=False)
+        self.contract_file = tf.saved_model.Asset(contract_path)
+
+    def network(self, images):
+        return tf.cast(self.model(images, training=False), tf.float32)
+
+    def _outputs(self, images, one_image):
+        logits, seen = tf.map_fn(one_image, images, fn_output_signature=(
+            tf.TensorSpec([None, None, self.contract.logit_channels], tf.float32),
+            tf.TensorSpec([None, None], tf.bool)))
+        mask = serving.mask_of(logits, seen, self.contract.ignore_label)[..., None]
+        return {"logits": logits, "probabilities": serving.probabilities(logits), "mask": mask}
 
     def serve(self, images):
-        """uint8 (batch, H, W, C) -> mask uint8 (batch, H, W, 1), probabilities float32."""
-        original = tf.shape(images)[1:3]
-        x = tf.image.resize(tf.cast(images, tf.float32), self.image_size)
-        x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
-        logits = tf.cast(self.model(x, training=False), tf.float32)
-        # resize logits, not labels: smooth boundaries at the original resolution
-        logits = tf.image.resize(logits, original)
-        if logits.shape[-1] == 1:
-            probabilities = tf.sigmoid(logits)
-            mask = tf.cast(logits > 0, tf.uint8)
-        else:
-            probabilities = tf.nn.softmax(logits)
-            mask = tf.cast(tf.argmax(logits, -1), tf.uint8)[..., None]
-        return {"mask": mask, "probabilities": probabilities}
+        return self._outputs(images, lambda image: serving.predict_logits(
+            self.network, image, self.contract))
+
+    def serve_tiled(self, images, tile_overlap, tta):
+        def one_image(image):
+            def with_flips(name):
+                return lambda: serving.predict_logits(self.network, image, self.contract,
+                                                      tile="model", overlap=tile_overlap,
+                                                      tta=name)
+            return tf.switch_case(tta, [with_flips(name) for name in serving.TTA])
+        return self._outputs(images, one_image)
 
 
-def export_saved_model(model, path, image_size, channels):
+def export_saved_model(model, path, contract):
     """Writes to a temp folder, then renames: a crash never leaves a half export."""
-    module = _Serving(model, image_size, channels)
-    signature = tf.function(module.serve, input_signature=[
-        tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")])
     temp = path.rstrip("/") + ".partial"
     shutil.rmtree(temp, ignore_errors=True)
-    tf.saved_model.save(module, temp, signatures={"serving_default": signature})
+    os.makedirs(temp)
+    # TF copies the asset into the SavedModel's assets/ when it saves
+    module = _Serving(model, contract, contract.save(temp))
+    channels = contract.channels
+    images = tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")
+    signatures = {
+        "serving_default": tf.function(module.serve, input_signature=[images]),
+        "tiled": tf.function(module.serve_tiled, input_signature=[
+            images, tf.TensorSpec([], tf.float32, name="tile_overlap"),
+            tf.TensorSpec([], tf.int32, name="tta")]),
+        "model": tf.function(module.network, input_signature=[tf.TensorSpec(
+            [None, *contract.image_size, channels], tf.uint8, name="images")]),
+    }
+    saved = os.path.join(temp, "saved")
+    tf.saved_model.save(module, saved, signatures=signatures)
     if os.path.exists(path):
         shutil.rmtree(path)
-    os.replace(temp, path)
+    os.replace(saved, path)
+    shutil.rmtree(temp, ignore_errors=True)
     return path
 
 
-class SavedModelPredictor:
-    """The exported SavedModel behind the same call as a Keras model: uint8 batch -> logits."""
+class Predictor:
+    """A trained model behind the one inference path: logits(image) at the image's own
+    pixels, mapped as the model's input contract says."""
 
-    def __init__(self, path):
-        self.signature = tf.saved_model.load(path).signatures["serving_default"]
-        spec = self.signature.structured_input_signature[1]["images"]
-        self.channels = spec.shape[-1]
-        self.input_size = None  # any size: the signature resizes itself
+    def __init__(self, model_fn, contract):
+        self.model_fn, self.contract = model_fn, contract
+        self._run = tf.function(self._logits, reduce_retracing=True)
 
-    def __call__(self, images):
-        probabilities = self.signature(images=tf.cast(images, tf.uint8))["probabilities"]
-        p = tf.clip_by_value(probabilities, 1e-7, 1 - 1e-7)
-        if p.shape[-1] == 1:
-            return tf.math.log(p) - tf.math.log1p(-p)
-        return tf.math.log(p)
+    def _logits(self, image, tile, overlap, tta, batch_size):
+        # shapes are relaxed across calls; the channels are the contract's (see logits)
+        image = tf.ensure_shape(image, [None, None, self.contract.channels])
+        return serving.predict_logits(self.model_fn, image, self.contract, tile, overlap, tta,
+                                      batch_size)
+
+    def logits(self, image, tile=None, overlap=0.25, tta="none", batch_size=8):
+        """uint8 (h, w, c) -> (logits (h, w, K) float32, seen (h, w) bool)."""
+        if tile not in (None, "model"):
+            tile = tuple(int(v) for v in tile)
+        return self._run(serving.with_model_channels(image, self.contract), tile, float(overlap),
+                         tta, int(batch_size))
 
 
 def load_predictor(path):
-    """A `.keras` file (loaded with safe_mode: no lambda or pickled layers) or a SavedModel folder.
-
-    Returns (callable uint8 batch -> logits, input (H, W) or None for any size, channels).
-    """
+    """A `.keras` file (loaded with safe_mode: no lambda or pickled layers) with the
+    input_contract.json beside it, or a SavedModel folder (its contract is inside)."""
     import keras
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise ValueError(f"--model={path}: a folder without saved_model.pb; pass "
                              "RUN_DIR/model.keras or RUN_DIR/export")
-        predictor = SavedModelPredictor(path)
-        return predictor, None, predictor.channels
+        loaded = tf.saved_model.load(path)
+        if "model" not in loaded.signatures:
+            raise ValueError(f"--model={path}: a SavedModel from before input contracts; "
+                             "re-export it with tools/export.py")
+        contract = serving.InputContract.from_json(loaded.input_contract.numpy().decode())
+        # the closure keeps `loaded` alive: its signatures' variables die with it
+        return Predictor(lambda images: loaded.signatures["model"](images=images)["output_0"],
+                         contract)
     if not path.endswith(".keras") or not os.path.isfile(path):
         raise ValueError(f"--model={path}: expected an existing .keras file or SavedModel folder")
     model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    shape = model.input_shape
-    return (lambda images: model(images, training=False)), tuple(shape[1:3]), shape[-1]
+    contract = serving.InputContract.load(os.path.dirname(os.path.abspath(path)))
+    return Predictor(lambda images: model(images, training=False), contract)
+
+
+QUANTIZE = ("none", "float16", "int8")
+
+
+def float32_copy(model):
+    """The same network computing in float32: a mixed-precision model's layers carry their
+    policy in the config, and TFLite has no bfloat16 kernels."""
+    import keras
+    config = model.get_config()
+    for layer in config["layers"]:
+        dtype = layer["config"].get("dtype")
+        if isinstance(dtype, dict) and "mixed" in str(dtype.get("config", {}).get("name", "")):
+            layer["config"]["dtype"] = "float32"
+    copy = keras.Model.from_config(config)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def export_tflite(model, path, quantize="none", calibration=None):
+    """A TFLite flatbuffer taking uint8 images at the model's input size (its first layers
+    rescale them, as in Keras) and returning float32 logits; written to a temp name, then
+    renamed. int8: weights and activations quantized where TFLite can, calibrated on
+    `calibration`, an iterable of uint8 (1, H, W, C) batches; float16: weights only."""
+    import tempfile
+    if quantize not in QUANTIZE:
+        raise ValueError(f"--quantize={quantize!r}: expected one of {QUANTIZE}")
+    if quantize == "int8" and calibration is None:
+        raise ValueError("--quantize=int8 needs calibration images: pass --data_dir")
+    with tempfile.TemporaryDirectory() as saved:
+        float32_copy(model).export(saved, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved)
+        if quantize != "none":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            converter.representative_dataset = lambda: ([batch] for batch in calibration)
+        flatbuffer = converter.convert()
+    with open(path + ".partial", "wb") as handle:
+        handle.write(flatbuffer)
+    os.replace(path + ".partial", path)
+    return path
+
+
+class TFLiteModel:
+    """A TFLite file as a model_fn: uint8 batch at the input size -> float32 logits, one
+    image per invoke (the interpreter's input shape is fixed at batch 1)."""
+
+    def __init__(self, path):
+        self.interpreter = tf.lite.Interpreter(model_path=path)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def __call__(self, images):
+        import numpy as np
+        out = []
+        for image in np.asarray(images, np.uint8):
+            self.interpreter.set_tensor(self.input["index"], image[None])
+            self.interpreter.invoke()
+            out.append(self.interpreter.get_tensor(self.output["index"])[0])
+        return np.stack(out)

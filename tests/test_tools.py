@@ -66,6 +66,15 @@ def test_evaluate_matches_independent_confusion(trained_run, binary_records, tmp
          "--split=test", "--original_size", f"--output={tmp_path / 'orig.json'}")
     original = json.loads((tmp_path / "orig.json").read_text())
     assert np.sum(original["confusion_matrix"]) == 4 * 64 * 64
+    # tiled windows of the model's size with flips, from the SavedModel: still every pixel
+    tool("evaluate.py", f"--model={trained_run / 'export'}", f"--data_dir={binary_records}",
+         "--split=test", "--original_size", "--tile=model", "--tta=hflip",
+         f"--output={tmp_path / 'tiled.json'}")
+    tiled = json.loads((tmp_path / "tiled.json").read_text())
+    assert np.sum(tiled["confusion_matrix"]) == 4 * 64 * 64 and tiled["tta"] == "hflip"
+    bad = tool("evaluate.py", f"--model={trained_run / 'model.keras'}",
+               f"--data_dir={binary_records}", "--resize=pad", check=False)
+    assert bad.returncode == 1 and "--resize=pad contradicts" in bad.stderr
 
 
 def test_predict_mixed_sizes_keras_and_savedmodel(trained_run, tmp_path):
@@ -75,21 +84,94 @@ def test_predict_mixed_sizes_keras_and_savedmodel(trained_run, tmp_path):
     sizes = {"a": (40, 50), "b": (64, 64), "c": (33, 90)}
     for name, (h, w) in sizes.items():
         Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(inputs / f"{name}.png")
+    # an RGB photo into the gray model is grayed as the training pipeline grays RGB records
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(inputs / "rgb.png")
+    sizes["rgb"] = (30, 40)
     for model in ("model.keras", "export"):
         out = tmp_path / model
-        tool("predict.py", f"--model={trained_run / model}", f"--input={inputs}", f"--output={out}",
-             "--batch_size=2")
+        tool("predict.py", f"--model={trained_run / model}", f"--input={inputs}", f"--output={out}")
         for name, (h, w) in sizes.items():
             mask = np.asarray(Image.open(out / f"{name}_mask.png"))
             assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 1}
             assert Image.open(out / f"{name}_overlay.png").size == (w, h)
-    # the Keras model and the SavedModel agree on a same-size image
-    a = np.asarray(Image.open(tmp_path / "model.keras" / "b_mask.png"))
-    b = np.asarray(Image.open(tmp_path / "export" / "b_mask.png"))
-    assert (a == b).mean() > 0.97
-    bad = tool("predict.py", f"--model={trained_run / 'model.keras'}",
-               f"--input={tmp_path / 'nothing'}", f"--output={tmp_path / 'o'}", check=False)
-    assert bad.returncode != 0 and "no images found" in bad.stderr
+        assert not list(out.glob("*.partial*"))
+    # the Keras model and the SavedModel go through one mapping: the same masks
+    for name in sizes:
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "model.keras" / f"{name}_mask.png")),
+                                      np.asarray(Image.open(tmp_path / "export" / f"{name}_mask.png")))
+    tiled = tool("predict.py", f"--model={trained_run / 'export'}", f"--input={inputs / 'c.png'}",
+                 f"--output={tmp_path / 'tiled'}", "--tile=model", "--tta=hvflip")
+    assert "wrote 1 masks" in tiled.stdout
+    assert np.asarray(Image.open(tmp_path / "tiled" / "c_mask.png")).shape == (33, 90)
+
+
+def test_predict_bad_input_one_clear_line(trained_run, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(inputs / "good.png")
+    noise = np.random.default_rng(1).integers(0, 255, (40, 40), dtype=np.uint8)
+    Image.fromarray(noise).save(inputs / "cut.png")
+    data = (inputs / "cut.png").read_bytes()
+    (inputs / "cut.png").write_bytes(data[:len(data) // 2])  # truncated
+    model = f"--model={trained_run / 'model.keras'}"
+    cases = [
+        (["--input=" + str(inputs), f"--output={tmp_path / 'o1'}"], "cut.png"),
+        (["--input=" + str(tmp_path / "none" / "*.png"), f"--output={tmp_path / 'o2'}"],
+         "no images found"),
+        (["--input=" + str(inputs), f"--output={inputs / 'good.png'}"], "is a file"),
+        (["--input=" + str(inputs), f"--output={tmp_path / 'o3'}", "--resize=crop"],
+         "--resize=crop contradicts"),
+        (["--input=" + str(inputs), f"--output={tmp_path / 'o4'}", "--tile=big"], "--tile="),
+    ]
+    for args, message in cases:
+        result = tool("predict.py", model, *args, check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, args
+        (line,) = [l for l in result.stderr.splitlines() if l.startswith("predict: error:")]
+        assert message in line, (args, line)
+    assert not list((tmp_path / "o1").glob("*_mask.png"))  # cut.png comes first: nothing written
+    skipped = tool("predict.py", model, f"--input={inputs}", f"--output={tmp_path / 'o5'}",
+                   "--on_error=skip")
+    assert "wrote 1 masks" in skipped.stdout and "skipped 1" in skipped.stdout
+    assert "cut.png" in skipped.stderr and (tmp_path / "o5" / "good_mask.png").exists()
+
+
+def test_tflite_export_agrees_with_keras(trained_run, binary_records, tmp_path):
+    """float32 TFLite masks equal the Keras masks on >= 99.9% of the test split's pixels;
+    int8 (calibrated on the run's own training records, found through its flags.txt) on
+    >= 98%, with a mean IoU within 0.02 of the Keras model's."""
+    import tensorflow as tf
+
+    from segdata import serving
+    from segmodels import metrics
+    from segtrain import export
+    model = keras.saving.load_model(str(trained_run / "model.keras"))
+    contract = serving.InputContract.load(str(trained_run))
+    outputs = {}
+    for quantize in ("none", "int8"):
+        out = tmp_path / f"{quantize}.tflite"
+        result = tool("export.py", f"--model={trained_run / 'model.keras'}", "--format=tflite",
+                      f"--quantize={quantize}", f"--output={out}", "--calibration_examples=20")
+        assert "wrote" in result.stdout and out.stat().st_size > 1000
+        outputs[quantize] = export.TFLiteModel(str(out))
+    cms = {name: np.zeros((2, 2), np.int64) for name in ("keras", "none", "int8")}
+    agree = {"none": 0, "int8": 0}
+    pixels = 0
+    for example in records.read_split(binary_records, "test"):
+        x, truth, _ = serving.to_model_input(tf.constant(example["image"]), contract,
+                                             tf.constant(example["mask"]))
+        reference = np.asarray(model(x[None]))
+        cms["keras"] += np.asarray(metrics.confusion_matrix(truth[None], reference, 2))
+        for name, interpreter in outputs.items():
+            logits = interpreter(x.numpy()[None])
+            agree[name] += int(((logits > 0) == (reference > 0)).sum())
+            cms[name] += np.asarray(metrics.confusion_matrix(truth[None], logits, 2))
+        pixels += reference[..., 0].size
+    assert agree["none"] >= 0.999 * pixels and agree["int8"] >= 0.98 * pixels, (agree, pixels)
+    miou = {name: float(metrics.scores(cm)["mean_iou"]) for name, cm in cms.items()}
+    assert abs(miou["int8"] - miou["keras"]) <= 0.02, miou
+    bad = tool("export.py", f"--model={trained_run / 'model.keras'}", "--quantize=int8",
+               check=False)
+    assert bad.returncode == 1 and "--quantize is for --format=tflite" in bad.stderr
 
 
 def test_show_dataset_grid(binary_records, tmp_path):

@@ -2,10 +2,13 @@
 confusion matrix; writes JSON and a PNG figure.
 
     python tools/evaluate.py --model=RUN_DIR/model.keras --data_dir=RECORDS --split=test \
-        [--original_size] [--output=RUN_DIR/eval_test.json]
+        [--original_size [--tile=model --tile_overlap=0.25]] [--tta=hflip] [--output=...]
 
---original_size scores every prediction at the image's own resolution (the resize
-is undone on the logits), which is what published numbers use.
+Images are mapped to the model as its input contract says (segdata.serving, the same path
+as predict and the SavedModel). Without --original_size the scores are at the model's input
+resolution, with the mask resized by the same mapping (what training's metrics are);
+--original_size scores every prediction at the image's own resolution (the resize undone
+on the logits), which is what published numbers use; tiling needs it.
 """
 import json
 import os
@@ -19,36 +22,49 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "RUN_DIR/model.keras or RUN_DIR/export (SavedModel).")
 flags.DEFINE_string("data_dir", None, "Records folder.")
 flags.DEFINE_string("split", "test", "Split to score.")
-flags.DEFINE_enum("resize", "stretch", ["stretch", "pad", "crop"], "Resize policy (as trained).")
-flags.DEFINE_string("image_size", "", "Model input H,W for a SavedModel (a .keras knows its own).")
 flags.DEFINE_bool("original_size", False, "Score at each image's original resolution.")
+flags.DEFINE_string("tile", "", "With --original_size: tiled inference, 'model' or H,W.")
+flags.DEFINE_float("tile_overlap", 0.25, "Overlap of neighbouring windows, fraction of a side.")
+flags.DEFINE_enum("tta", "none", ["none", "hflip", "hvflip"], "Test-time flips.")
+flags.DEFINE_integer("batch_size", 8, "Windows per model call (--tile).", lower_bound=1)
+flags.DEFINE_string("resize", "", "Only checked: the model's contract says how it resizes.")
+flags.DEFINE_string("image_size", "", "Only checked: the model's contract says its size.")
 flags.DEFINE_string("output", "", "JSON path; default next to the model: eval_<split>.json.")
 flags.DEFINE_string("figure", "", "PNG path; default the JSON path with .png.")
 flags.mark_flags_as_required(["model", "data_dir"])
 
 
-def evaluate(predict, input_size, channels, data_dir, split, policy, original_size):
+def evaluate(predictor, data_dir, split, original_size, tile=None, overlap=0.25, tta="none",
+             batch_size=8):
     """Returns the scores dict; the confusion matrix accumulates over the whole split."""
     import numpy as np
     import tensorflow as tf
 
-    from segdata import inference, records
+    from segdata import records, serving
     from segmodels import metrics
     manifest = records.load_manifest(data_dir)
-    num_classes, ignore = manifest["num_classes"], manifest["ignore_label"]
-    cm = np.zeros((num_classes, num_classes), np.float64)
-    for example in records.iter_split(data_dir, split, channels=channels):
+    contract = predictor.contract
+    if manifest["num_classes"] != contract.num_classes:
+        raise ValueError(f"--data_dir={data_dir} has {manifest['num_classes']} classes, the "
+                         f"model {contract.num_classes}")
+    if tile is not None and not original_size:
+        raise ValueError("--tile needs --original_size: windows are cut from the original pixels")
+    num_classes, ignore = contract.num_classes, contract.ignore_label
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    for example in records.iter_split(data_dir, split):
         image, mask = tf.constant(example["image"]), tf.constant(example["mask"])
-        size = input_size or tuple(image.shape[:2])
-        model_input, truth, matrix = inference.to_model_input(image, size, policy, mask, ignore)
-        logits = predict(model_input[None])[0]
         if original_size:
-            logits, seen = inference.to_original(logits, matrix, tuple(image.shape[:2]))
+            logits, seen = predictor.logits(image, tile, overlap, tta, batch_size)
             truth = tf.where(seen[..., None], mask, tf.cast(ignore, tf.uint8))
+        else:
+            model_input, truth, _ = serving.to_model_input(image, contract, mask)
+            logits = serving.flip_averaged(
+                lambda x: tf.cast(predictor.model_fn(x[None]), tf.float32)[0], model_input, tta)
         cm += np.asarray(metrics.confusion_matrix(truth[None], logits[None], num_classes, ignore))
     scores = {k: np.asarray(v).tolist() for k, v in metrics.scores(cm.astype(np.float32)).items()}
     scores.update(confusion_matrix=cm.tolist(), split=split, original_size=original_size,
-                  class_names=manifest.get("class_names") or [str(i) for i in range(num_classes)])
+                  tile=tile, tile_overlap=overlap if tile else None, tta=tta,
+                  class_names=list(contract.class_names or [str(i) for i in range(num_classes)]))
     return scores
 
 
@@ -88,11 +104,11 @@ def main(argv):
     del argv
     from segtrain import cli, export
     try:
-        predict, input_size, channels = export.load_predictor(FLAGS.model)
-        if FLAGS.image_size:
-            input_size = cli.parse_image_size(FLAGS.image_size)
-        scores = evaluate(predict, input_size, channels, FLAGS.data_dir, FLAGS.split,
-                          FLAGS.resize, FLAGS.original_size)
+        predictor = export.load_predictor(FLAGS.model)
+        predictor.contract.check(resize=FLAGS.resize, image_size=cli.parse_image_size(
+            FLAGS.image_size) if FLAGS.image_size else None)
+        scores = evaluate(predictor, FLAGS.data_dir, FLAGS.split, FLAGS.original_size,
+                          cli.parse_tile(FLAGS.tile), FLAGS.tile_overlap, FLAGS.tta, FLAGS.batch_size)
     except ValueError as err:
         sys.stderr.write(f"evaluate: error: {err}\n")
         return 1

@@ -1,10 +1,13 @@
 """Predict masks for images: class-index PNGs at each image's own size, plus overlays.
 
     python tools/predict.py --model=RUN_DIR/model.keras --input=FILE|DIR|GLOB --output=DIR \
-        [--palette=colours.json] [--batch_size=8]
+        [--tile=model --tile_overlap=0.25] [--tta=hflip] [--palette=colours.json]
 
-Works with RUN_DIR/export (the SavedModel) too. Images of mixed sizes are resized to
-the model's input, batched, and their masks mapped back onto their own pixels.
+Works with RUN_DIR/export (the SavedModel) too. Each image is mapped to the model as
+training mapped it (the model's input contract: size, resize policy, channels) and its
+logits back onto its own pixels (segdata.serving). Pixels the model never saw (outside a
+centre crop) get the ignore label. RGB images into a gray model are grayed as the
+training pipeline grays them, gray into RGB repeated.
 """
 import glob
 import os
@@ -18,8 +21,16 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "RUN_DIR/model.keras or RUN_DIR/export.")
 flags.DEFINE_string("input", None, "An image file, a folder of images, or a glob.")
 flags.DEFINE_string("output", None, "Folder for <name>_mask.png and <name>_overlay.png.")
-flags.DEFINE_enum("resize", "stretch", ["stretch", "pad", "crop"], "Resize policy (as trained).")
-flags.DEFINE_integer("batch_size", 8, "Images per model call.")
+flags.DEFINE_string("tile", "", "Tiled inference: 'model' (windows of the model's input size) "
+                    "or H,W; images smaller than a window are mapped whole.")
+flags.DEFINE_float("tile_overlap", 0.25, "Overlap of neighbouring windows, fraction of a side.")
+flags.DEFINE_enum("tta", "none", ["none", "hflip", "hvflip"], "Test-time flips: logits "
+                  "averaged over the flipped copies.")
+flags.DEFINE_integer("batch_size", 8, "Windows per model call (--tile).", lower_bound=1)
+flags.DEFINE_enum("on_error", "fail", ["fail", "skip"], "An unreadable image: stop (fail) or "
+                  "carry on and list it (skip).")
+flags.DEFINE_string("resize", "", "Only checked: the model's contract says how it resizes.")
+flags.DEFINE_string("image_size", "", "Only checked: the model's contract says its size.")
 flags.DEFINE_string("palette", "", "JSON {'#rrggbb': class}: also write colour masks.")
 flags.DEFINE_float("alpha", 0.45, "Overlay opacity.")
 flags.DEFINE_bool("overlay", True, "Write overlays.")
@@ -41,48 +52,38 @@ def list_inputs(pattern):
     return paths
 
 
-def _read(path, channels):
+def predict_files(paths, predictor, tile, overlap, tta, batch_size, on_error="fail"):
+    """Yields (path, image, mask at the image's own size, error or None)."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
-            array = np.asarray(image)
-    except (OSError, UnidentifiedImageError) as err:
-        raise ValueError(f"{path}: unreadable image ({err})")
-    return array[..., None] if array.ndim == 2 else array
 
-
-def predict_files(paths, predict, input_size, channels, policy, batch_size):
-    """Yields (path, image, mask at the image's size)."""
-    import numpy as np
-    import tensorflow as tf
-
-    from segdata import inference
-    from segmodels.metrics import predicted_classes
-    classes = lambda logits: np.asarray(predicted_classes(logits)).astype(np.uint8)  # noqa: E731
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        images = [_read(p, channels) for p in chunk]
-        if input_size is None:  # SavedModel: it resizes itself, one image per call
-            for path, image in zip(chunk, images):
-                logits = predict(tf.constant(image[None]))[0]
-                yield path, image, classes(logits)
+    from segdata import serving, validate
+    for path in paths:
+        try:
+            image = validate.read_frame(path)
+        except ValueError as err:
+            if on_error == "fail":
+                raise ValueError(f"{err} (--on_error=skip carries on without it)")
+            yield path, None, None, str(err)
             continue
-        prepared = [inference.to_model_input(tf.constant(im), input_size, policy) for im in images]
-        logits = predict(tf.stack([model_input for model_input, _, _ in prepared]))
-        for path, image, (_, _, matrix), item in zip(chunk, images, prepared, tf.unstack(logits)):
-            back, _ = inference.to_original(item, matrix, image.shape[:2])
-            yield path, image, classes(back)
+        logits, seen = predictor.logits(image, tile, overlap, tta, batch_size)
+        mask = serving.mask_of(logits, seen, predictor.contract.ignore_label)
+        yield path, image, np.asarray(mask), None
 
 
 def main(argv):
     del argv
     from segdata import validate, visualize
-    from segtrain import export
+    from segtrain import cli
     try:
-        predict, input_size, channels = export.load_predictor(FLAGS.model)
+        # what needs no model first: these fail in a second, before TensorFlow loads
+        if os.path.exists(FLAGS.output) and not os.path.isdir(FLAGS.output):
+            raise ValueError(f"--output={FLAGS.output} is a file; pass a folder")
+        tile = cli.parse_tile(FLAGS.tile)
         paths = list_inputs(FLAGS.input)
+        from segtrain import export
+        predictor = export.load_predictor(FLAGS.model)
+        predictor.contract.check(resize=FLAGS.resize, image_size=cli.parse_image_size(
+            FLAGS.image_size) if FLAGS.image_size else None)
         palette = None
         if FLAGS.palette:
             mapping = validate.load_palette(FLAGS.palette)
@@ -90,17 +91,23 @@ def main(argv):
             for colour, index in mapping.items():
                 palette[index] = colour
         os.makedirs(FLAGS.output, exist_ok=True)
-        count = 0
-        for path, image, mask in predict_files(paths, predict, input_size, channels, FLAGS.resize,
-                                               FLAGS.batch_size):
+        count, skipped = 0, []
+        ignore = predictor.contract.ignore_label
+        for path, image, mask, error in predict_files(paths, predictor, tile, FLAGS.tile_overlap,
+                                                      FLAGS.tta, FLAGS.batch_size, FLAGS.on_error):
+            if error:
+                skipped.append(error)
+                continue
             name = os.path.splitext(os.path.basename(path))[0]
+            # each PNG is written to a temp name and renamed (visualize.save_png)
             visualize.save_png(mask, os.path.join(FLAGS.output, f"{name}_mask.png"))
-            colours = palette or visualize.default_palette(int(mask.max()) + 2)
+            colours = palette or visualize.default_palette(max(int(mask[mask != ignore].max(
+                initial=0)) + 2, predictor.contract.num_classes))
             if FLAGS.palette:
-                visualize.save_png(visualize.colourise(mask, colours),
+                visualize.save_png(visualize.colourise(mask, colours, ignore),
                                    os.path.join(FLAGS.output, f"{name}_colour.png"))
             if FLAGS.overlay:
-                visualize.save_png(visualize.overlay(image, mask, colours, FLAGS.alpha),
+                visualize.save_png(visualize.overlay(image, mask, colours, FLAGS.alpha, ignore),
                                    os.path.join(FLAGS.output, f"{name}_overlay.png"))
             count += 1
             sys.stderr.write(f"\r{count}/{len(paths)} images")
@@ -108,8 +115,11 @@ def main(argv):
     except ValueError as err:
         sys.stderr.write(f"predict: error: {err}\n")
         return 1
-    print(f"wrote {count} masks to {FLAGS.output}")
-    return 0
+    for line in skipped:
+        sys.stderr.write(f"predict: skipped: {line}\n")
+    print(f"wrote {count} masks to {FLAGS.output}" + (f"; skipped {len(skipped)} unreadable "
+                                                       "image(s), listed above" if skipped else ""))
+    return 0 if count else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,279 @@
+"""Raw images of any size to model input and model output back to their pixels, exactly
+as training mapped them: the one inference path of the SavedModel signature, predict and
+evaluate.
+
+The model input comes from the evaluation path of the training pipeline itself (gray or
+RGB conversion as the pipeline does it, then `augment.augment_example` with the resize
+policy), so a deployed model sees the pixels its validation split saw. The logits go back
+through the inverse of the same resize matrix. `model_fn` is any callable from a uint8
+batch (N, H, W, C) at the model's input size to logits (N, H, W, K): a Keras model, a
+SavedModel signature, a TFLite interpreter behind a function. This module never imports
+segmodels.
+
+Options, each a wrapper around the one mapping:
+- tiled: overlapping windows at a tile size (default the model's input), each window mapped
+  as a whole image, logits blended; for images larger than the model (whole-slide EM,
+  aerial tiles), where resizing down would lose thin structures. Memory grows with the
+  batch of windows and the output, not with a resized copy of the image.
+- tta: logits averaged over flipped copies, each flipped back.
+"""
+import dataclasses
+import json
+import os
+
+import tensorflow as tf
+
+from segdata import augment
+
+FILENAME = "input_contract.json"
+TTA = ("none", "hflip", "hvflip")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputContract:
+    """What a model was trained on: written next to model.keras and into the SavedModel,
+    read by every consumer instead of flags the user must remember."""
+    image_size: tuple            # model input (height, width)
+    resize: str                  # augment.RESIZE_POLICIES
+    channels: int                # model input channels (1 or 3)
+    num_classes: int
+    ignore_label: int = 255
+    class_names: tuple = None
+    xla: bool = True             # the pipeline's --aug_xla: which warp kernel resized
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+        if self.resize not in augment.RESIZE_POLICIES:
+            raise ValueError(f"input contract: resize={self.resize!r}, expected one of "
+                             f"{augment.RESIZE_POLICIES}")
+
+    @property
+    def logit_channels(self):
+        return 1 if self.num_classes == 2 else self.num_classes
+
+    def to_json(self):
+        values = dataclasses.asdict(self)
+        values["image_size"] = list(self.image_size)
+        values["class_names"] = list(self.class_names) if self.class_names else None
+        return json.dumps(values, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text):
+        return cls(**json.loads(text))
+
+    def save(self, folder):
+        """FILENAME in `folder`, atomically."""
+        path = os.path.join(folder, FILENAME)
+        with open(path + ".partial", "w") as handle:
+            handle.write(self.to_json())
+        os.replace(path + ".partial", path)
+        return path
+
+    @classmethod
+    def load(cls, folder):
+        path = os.path.join(folder, FILENAME)
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: no input contract (runs from before it was written: "
+                             "pass --image_size and --resize as trained)")
+        with open(path) as handle:
+            return cls.from_json(handle.read())
+
+    def check(self, **given):
+        """Flag values a user passed must agree with the contract: ValueError naming both."""
+        for name, value in given.items():
+            if value in (None, "", 0):
+                continue
+            mine = getattr(self, name)
+            if name == "image_size":
+                value = tuple(value)
+            if value != mine:
+                raise ValueError(f"--{name}={value} contradicts the model's input contract "
+                                 f"({name}={mine}); drop the flag: the contract is how the "
+                                 "model was trained")
+
+
+def _to_channels(image, channels, xla):
+    """As the pipeline does: RGB asked for as gray is grayed first (augment.to_gray); gray
+    asked for as RGB is expanded after the resize, by augment_example."""
+    if image.shape[-1] == 3 and channels == 1:
+        return augment.to_gray(image, xla)
+    return image
+
+
+def with_model_channels(image, contract):
+    """uint8 (h, w, 1 or 3) -> (h, w, contract.channels): grayed as the pipeline grays, gray
+    repeated (the values augment_example's expansion gives after a resize)."""
+    image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels, contract.xla)
+    if image.shape[-1] == 1 and contract.channels == 3:
+        image = tf.repeat(image, 3, axis=-1)
+    return image
+
+
+def to_model_input(image, contract, mask=None):
+    """uint8 (h, w, c) [and its mask] -> (model input (H, W, C), resized mask or None,
+    output->input matrix)."""
+    size = contract.image_size
+    config = augment.AugmentConfig(xla=contract.xla)
+    image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels, contract.xla)
+    matrix = augment.resize_matrix(tf.shape(image)[:2], size, contract.resize, training=False)
+    dummy = mask if mask is not None else tf.zeros_like(image[..., :1])
+    model_input, resized_mask = augment.augment_example(
+        image, dummy, tf.constant([0, 0], tf.int64), size, config, contract.resize,
+        training=False, mask_fill=contract.ignore_label, channels=contract.channels)
+    return model_input, (resized_mask if mask is not None else None), matrix
+
+
+def to_original(logits, matrix, original_size):
+    """(H, W, K) logits -> (h, w, K) logits and a validity map (False where the model never
+    saw the pixel, e.g. outside a centre crop)."""
+    inverse = tf.linalg.inv(matrix)
+    logits = tf.cast(logits, tf.float32)
+    back = augment.warp(logits[None], inverse[None], original_size, "BILINEAR")[0]
+    seen = augment.warp(tf.ones_like(logits[None, ..., :1]), inverse[None], original_size,
+                        "NEAREST", fill_value=0)[0]
+    return back, seen[..., 0] > 0
+
+
+def whole_image_logits(model_fn, image, contract):
+    """One image through the training mapping: (logits (h, w, K) float32, seen (h, w))."""
+    model_input, _, matrix = to_model_input(image, contract)
+    logits = tf.cast(model_fn(model_input[None]), tf.float32)[0]
+    return to_original(logits, matrix, tf.shape(image)[:2])
+
+
+def _origins(length, tile, stride):
+    """Window starts along one side: every `stride`, the last one flush with the end."""
+    count = (length - tile + stride - 1) // stride + 1
+    return tf.minimum(tf.range(count) * stride, length - tile)
+
+
+def _side_weights(tile, overlap_px, inner_start, inner_end):
+    """(tile,) blend weights of one window side by side: 1 in the middle; over the overlap
+    with a neighbour, 0 for the outer quarter (where the window's own zero padding changes
+    the logits) rising linearly to 1 at half the overlap. A side on the image border
+    keeps weight 1: no other window covers it. Any pixel that two windows share gets
+    weight > 0 from at least one of them."""
+    skip = tf.cast(overlap_px // 4, tf.float32)
+    full = tf.maximum(tf.cast(overlap_px // 2, tf.float32), skip + 1)
+    distance = tf.range(tile, dtype=tf.float32)
+    ramp = lambda d: tf.clip_by_value((d - skip + 1) / (full - skip + 1), 0.0, 1.0)  # noqa: E731
+    weight = tf.ones([tile])
+    weight = tf.where(inner_start, tf.minimum(weight, ramp(distance)), weight)
+    return tf.where(inner_end, tf.minimum(weight, ramp(tile - 1 - distance)), weight)
+
+
+def tiled_logits(model_fn, image, contract, tile=None, overlap=0.25, batch_size=8):
+    """Logits (h, w, K) from overlapping windows of `tile` (default: the model's input size),
+    each mapped to the model as a whole image, blended by _side_weights. An image smaller
+    than a tile in either side is mapped whole instead. Returns (logits, seen)."""
+    tile = tuple(int(v) for v in (tile or contract.image_size))
+    if isinstance(overlap, (int, float)) and not 0 <= overlap < 1:
+        raise ValueError(f"--tile_overlap={overlap}: expected 0 <= overlap < 1")
+    if batch_size < 1:
+        raise ValueError(f"--batch_size={batch_size}: expected >= 1")
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    fits = tf.logical_and(height >= tile[0], width >= tile[1])
+    return tf.cond(fits, lambda: _tiled(model_fn, image, contract, tile, overlap, batch_size),
+                   lambda: whole_image_logits(model_fn, image, contract))
+
+
+def _tiled(model_fn, image, contract, tile, overlap, batch_size):
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    # overlap may be a tensor (the SavedModel's tiled signature takes it as an input)
+    overlap = tf.clip_by_value(tf.cast(overlap, tf.float32), 0.0, 0.99)
+    strides = [tf.maximum(1, tf.cast(tf.round(side * (1 - overlap)), tf.int32)) for side in tile]
+    overlaps = [side - stride for side, stride in zip(tile, strides)]
+    ys = _origins(height, tile[0], strides[0])
+    xs = _origins(width, tile[1], strides[1])
+    origins = tf.reshape(tf.stack(tf.meshgrid(ys, xs, indexing="ij"), -1), [-1, 2])
+    count = tf.shape(origins)[0]
+    image = with_model_channels(image, contract)
+    channels = contract.channels
+    pixel_grid = tf.stack(tf.meshgrid(tf.range(tile[0]), tf.range(tile[1]), indexing="ij"), -1)
+
+    def window_logits(windows):
+        if tile == contract.image_size:  # the mapping is the identity: skip it
+            return tf.cast(model_fn(windows), tf.float32)
+        return tf.map_fn(lambda w: whole_image_logits(model_fn, w, contract)[0], windows,
+                         fn_output_signature=tf.TensorSpec(tile + (contract.logit_channels,),
+                                                           tf.float32))
+
+    def weights_of(origin):
+        y, x = origin[0], origin[1]
+        rows = _side_weights(tile[0], overlaps[0], y > 0, y + tile[0] < height)
+        cols = _side_weights(tile[1], overlaps[1], x > 0, x + tile[1] < width)
+        return rows[:, None, None] * cols[None, :, None]
+
+    def step(start, total, weight_sum):
+        batch = origins[start:start + batch_size]
+        windows = tf.map_fn(
+            lambda o: tf.slice(image, [o[0], o[1], 0], [tile[0], tile[1], channels]), batch,
+            fn_output_signature=tf.TensorSpec(tile + (channels,), image.dtype))
+        logits = window_logits(windows)
+        weights = tf.map_fn(weights_of, batch, fn_output_signature=tf.float32)
+        where = batch[:, None, None, :] + pixel_grid[None]
+        return (start + batch_size, tf.tensor_scatter_nd_add(total, where, logits * weights),
+                tf.tensor_scatter_nd_add(weight_sum, where, weights))
+
+    total = tf.zeros([height, width, contract.logit_channels])
+    weight_sum = tf.zeros([height, width, 1])
+    _, total, weight_sum = tf.while_loop(lambda start, *_: start < count, step,
+                                         (tf.constant(0), total, weight_sum))
+    return total / weight_sum, tf.ones([height, width], tf.bool)
+
+
+def _flips(tta):
+    if tta not in TTA:
+        raise ValueError(f"--tta={tta!r}: expected one of {TTA}")
+    return {"none": [()], "hflip": [(), (1,)], "hvflip": [(), (1,), (0,), (0, 1)]}[tta]
+
+
+def flip_averaged(fn, image, tta):
+    """fn(image) -> (h, w, ...) tensors (or a tuple of them), over the copies of `image`
+    flipped as `tta` says, each output flipped back: float outputs averaged, bool ones
+    (validity maps) and-ed."""
+    flips = _flips(tta)
+    total = None
+    for axes in flips:
+        out = fn(tf.reverse(image, axes) if axes else image)
+        if axes:
+            out = tf.nest.map_structure(lambda t: tf.reverse(t, axes), out)
+        total = out if total is None else tf.nest.map_structure(
+            lambda a, b: tf.logical_and(a, b) if a.dtype == tf.bool else a + b, total, out)
+    return tf.nest.map_structure(
+        lambda t: t if t.dtype == tf.bool else t / len(flips), total)
+
+
+def predict_logits(model_fn, image, contract, tile=None, overlap=0.25, tta="none",
+                   batch_size=8):
+    """The one inference path: (logits (h, w, K) float32, seen (h, w) bool) for a uint8
+    image (h, w, c). tile: None for the whole-image mapping, or "model" / (H, W) for tiled
+    windows; tta: none, hflip or hvflip (logits averaged over the flipped copies, each
+    flipped back)."""
+    if tile == "model":
+        tile = contract.image_size
+    image = tf.convert_to_tensor(image, tf.uint8)
+
+    def once(picture):
+        if tile is None:
+            return whole_image_logits(model_fn, picture, contract)
+        return tiled_logits(model_fn, picture, contract, tile, overlap, batch_size)
+    return flip_averaged(once, image, tta)
+
+
+def classes(logits):
+    """(…, K) logits -> uint8 class indices (1 channel: sigmoid > 0.5)."""
+    if logits.shape[-1] == 1:
+        return tf.cast(logits[..., 0] > 0, tf.uint8)
+    return tf.cast(tf.argmax(logits, -1), tf.uint8)
+
+
+def probabilities(logits):
+    return tf.sigmoid(logits) if logits.shape[-1] == 1 else tf.nn.softmax(logits)
+
+
+def mask_of(logits, seen, ignore_label):
+    """Class indices, `ignore_label` where the model never saw the pixel."""
+    return tf.where(seen, classes(logits), tf.cast(ignore_label, tf.uint8))
