@@ -165,12 +165,25 @@ def export_tflite(model, path, quantize="none", calibration=None):
     return path
 
 
+def calibration_images(data_dir, contract, count):
+    """Up to `count` training examples as (1, H, W, C) uint8 model inputs, mapped as served:
+    int8 calibration data."""
+    from segdata import records
+    for index, example in enumerate(records.iter_split(data_dir, "train")):
+        if index >= count:
+            return
+        model_input, _, _ = serving.to_model_input(tf.constant(example["image"]), contract)
+        yield model_input.numpy()[None]
+
+
 class TFLiteModel:
     """A TFLite file as a model_fn: uint8 batch at the input size -> float32 logits, one
     image per invoke (the interpreter's input shape is fixed at batch 1)."""
 
-    def __init__(self, path):
-        self.interpreter = tf.lite.Interpreter(model_path=path)
+    def __init__(self, path, num_threads=None):
+        # one thread is the interpreter's default; TensorFlow uses every core
+        self.interpreter = tf.lite.Interpreter(
+            model_path=path, num_threads=num_threads or len(os.sched_getaffinity(0)))
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]

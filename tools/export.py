@@ -40,17 +40,6 @@ def run_data_dir(run_dir):
     return line.partition("=")[2]
 
 
-def calibration_images(data_dir, contract, count):
-    """Up to `count` training examples as (1, H, W, C) uint8 model inputs, mapped as served."""
-    from segdata import records, serving
-    import tensorflow as tf
-    for index, example in enumerate(records.iter_split(data_dir, "train")):
-        if index >= count:
-            return
-        model_input, _, _ = serving.to_model_input(tf.constant(example["image"]), contract)
-        yield model_input.numpy()[None]
-
-
 def main(argv):
     del argv
     import keras
@@ -77,8 +66,8 @@ def main(argv):
                 data_dir = FLAGS.data_dir or run_data_dir(run_dir)
                 if not data_dir:
                     raise ValueError("--quantize=int8: pass --data_dir (calibration images)")
-                calibration = list(calibration_images(data_dir, contract,
-                                                      FLAGS.calibration_examples))
+                calibration = list(export.calibration_images(data_dir, contract,
+                                                             FLAGS.calibration_examples))
             export.export_tflite(model, output, FLAGS.quantize, calibration)
     except ValueError as err:
         sys.stderr.write(f"export: error: {err}\n")
