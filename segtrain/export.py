@@ -4,8 +4,9 @@ The SavedModel serves raw uint8 images of any size exactly as training mapped th
 input contract travels inside it) and has three signatures:
 - serving_default(images uint8 [N, h, w, C]) -> logits [N, h, w, K] float32, probabilities,
   mask uint8 [N, h, w, 1] (ignore label where the model never saw a pixel);
-- tiled(images, tile_overlap float32, tta int32: 0 none, 1 hflip, 2 hvflip) -> the same,
-  from overlapping windows of the model's input size;
+- tiled(images, tile_overlap float32) -> the same, from overlapping windows of the model's
+  input size (test-time flips are predict's and evaluate's --tta: as signature options
+  they tripled the export's tracing);
 - model(images uint8 [N, H, W, C] at the input size) -> logits: the network alone, for tools
   that map images themselves (predict, evaluate) and for tiles of another size.
 """
@@ -41,14 +42,9 @@ class _Serving(tf.Module):
         return self._outputs(images, lambda image: serving.predict_logits(
             self.network, image, self.contract))
 
-    def serve_tiled(self, images, tile_overlap, tta):
-        def one_image(image):
-            def with_flips(name):
-                return lambda: serving.predict_logits(self.network, image, self.contract,
-                                                      tile="model", overlap=tile_overlap,
-                                                      tta=name)
-            return tf.switch_case(tta, [with_flips(name) for name in serving.TTA])
-        return self._outputs(images, one_image)
+    def serve_tiled(self, images, tile_overlap):
+        return self._outputs(images, lambda image: serving.predict_logits(
+            self.network, image, self.contract, tile="model", overlap=tile_overlap))
 
 
 def export_saved_model(model, path, contract):
@@ -63,8 +59,7 @@ def export_saved_model(model, path, contract):
     signatures = {
         "serving_default": tf.function(module.serve, input_signature=[images]),
         "tiled": tf.function(module.serve_tiled, input_signature=[
-            images, tf.TensorSpec([], tf.float32, name="tile_overlap"),
-            tf.TensorSpec([], tf.int32, name="tta")]),
+            images, tf.TensorSpec([], tf.float32, name="tile_overlap")]),
         "model": tf.function(module.network, input_signature=[tf.TensorSpec(
             [None, *contract.image_size, channels], tf.uint8, name="images")]),
     }
