@@ -73,14 +73,18 @@ flags.DEFINE_float("aug_shear", 0.0, "Max shear, degrees.")
 flags.DEFINE_float("aug_zoom", 0.0, "Zoom range: scale in [1-z, 1+z].")
 flags.DEFINE_float("aug_shift", 0.0, "Shift range, fraction of the side.")
 flags.DEFINE_float("aug_crop", 0.0, "Random scale-crop: keep [1-c, 1] of each side.")
+flags.DEFINE_float("aug_elastic_alpha", 0.0, "Elastic deformation: stddev of the displacement "
+                   "vectors on a coarse grid, output pixels (the UNet paper used 10 at 572 px).")
+flags.DEFINE_integer("aug_elastic_grid", 3, "Elastic deformation: the coarse grid's points a "
+                     "side, interpolated smoothly (bicubic) to every pixel.")
 flags.DEFINE_float("aug_brightness", 0.0, "Brightness delta, fraction of 255.")
 flags.DEFINE_float("aug_contrast", 0.0, "Contrast factor range [1-c, 1+c].")
 flags.DEFINE_float("aug_saturation", 0.0, "Saturation factor range (RGB).")
 flags.DEFINE_float("aug_hue", 0.0, "Hue shift range (RGB).")
 flags.DEFINE_float("aug_noise", 0.0, "Gaussian noise stddev, grey levels.")
-flags.DEFINE_bool("aug_xla", True, "Run each example's warp (or flips) + photometric as one "
-                  "XLA-compiled stage (2-4x faster); --noaug_xla runs them op by op "
-                  "(ImageProjectiveTransformV3), for TensorFlow builds without XLA's CPU JIT.")
+flags.DEFINE_bool("aug_xla", True, "Run each example's resampling + photometric as one "
+                  "XLA-compiled kernel (segdata/kernels.py); --noaug_xla runs the reference "
+                  "kernel op by op, for TensorFlow builds without XLA's CPU JIT.")
 flags.DEFINE_enum("aug_fill_mode", "constant", ["constant", "reflect", "nearest"],
                   "Outside the image after a warp; constant fills masks with --mask_fill.")
 flags.DEFINE_integer("mask_fill", -1, "Mask value for padded/warped-in pixels; -1: ignore label.")

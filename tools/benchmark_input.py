@@ -6,9 +6,10 @@ Measured side by side in one run, on the same records (and their source files fo
 the classic baseline), all at --image_size (default 512x512):
   decode_limit      read + decode frame and mask only, all cores
   pipeline_light    training pipeline, flips + photometric only
-  pipeline_light_no_xla  the same with --noaug_xla (flips + photometric op by op)
+  pipeline_light_no_xla  the same with --noaug_xla (the reference kernel, op by op)
   pipeline          training pipeline, flip + rotate + zoom + shear + shift + photometric
-  pipeline_no_xla   the same with --noaug_xla (ImageProjectiveTransformV3, photometric op by op)
+  pipeline_no_xla   the same with --noaug_xla (the reference kernel, op by op)
+  pipeline_elastic  pipeline + elastic deformation (10 px on a 3x3 grid) in the same kernel
   pipeline_device   host side of --augment_on=device (decode + resize; warps run on the GPU)
   classic_baseline  two Keras ImageDataGenerator.flow_from_directory iterators zipped with
                     one seed, same augmentations (needs `pip install --no-deps tf_keras`,
@@ -67,6 +68,8 @@ flags.mark_flag_as_required("data_dir")
 
 FULL = dict(hflip=True, rotation=20, zoom=0.1, shear=5, shift=0.05, brightness=0.1, contrast=0.1)
 LIGHT = dict(hflip=True, vflip=True, brightness=0.1, contrast=0.1)
+# the UNet paper's elastic deformation (10 px on a 3x3 grid) on top of FULL
+ELASTIC = dict(FULL, elastic_alpha=10.0, elastic_grid=3)
 
 
 def _cpu_seconds():
@@ -192,6 +195,7 @@ def main(argv):
         "pipeline_light_no_xla": lambda: make(dict(LIGHT, xla=False)),
         "pipeline": lambda: make(FULL),
         "pipeline_no_xla": lambda: make(dict(FULL, xla=False)),
+        "pipeline_elastic": lambda: make(ELASTIC),
         "pipeline_device": lambda: make(FULL, "device"),
     }
     rows = {name: functools.partial(lambda b: _rate(b(), FLAGS.images), build)
