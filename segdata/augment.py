@@ -298,9 +298,9 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
         if config.xla and d.matrix is not None:
             image, mask = _pad_to_bucket(image), _pad_to_bucket(mask)
         image, mask = kernel(image[None], mask[None], in_size[None], _batched(d), out_size,
-                             config.fill_mode, mask_fill)
+                             config.fill_mode, mask_fill, channels)
         image, mask = image[0], mask[0]
-    if channels == 3 and image.shape[-1] == 1:
+    if channels == 3 and image.shape[-1] == 1:  # no kernel ran: nothing else to do
         image = tf.tile(image, [1, 1, 3])
     return (tf.ensure_shape(image, [out_size[0], out_size[1], None]),
             tf.ensure_shape(mask, [out_size[0], out_size[1], 1]))

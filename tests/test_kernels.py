@@ -206,12 +206,12 @@ def test_frames_of_many_sizes_share_one_compiled_kernel():
         tf.zeros([h, w, 1], tf.uint8), tf.zeros([h, w, 1], tf.uint8),
         tf.constant([0, h * w], tf.int64), (24, 24), config)
     run(33, 47)
-    before = kernels.xla.experimental_get_tracing_count()
+    before = kernels.xla_traces()
     for h, w in ((37, 45), (64, 64), (50, 61)):
         assert run(h, w)[0].shape == (24, 24, 1)
-    assert kernels.xla.experimental_get_tracing_count() == before
+    assert kernels.xla_traces() == before
     run(65, 40)
-    assert kernels.xla.experimental_get_tracing_count() == before + 1
+    assert kernels.xla_traces() == before + 1
 
 
 def test_xla_kernel_takes_one_example():
