@@ -62,6 +62,15 @@ flags.DEFINE_integer("base_filters", 64, "UNet width (64 is the classic model)."
 flags.DEFINE_integer("depth", 4, "UNet down/up stages.")
 flags.DEFINE_bool("batch_norm", False, "UNet: BatchNorm in every conv block.")
 flags.DEFINE_float("dropout", 0.5, "Dropout at the UNet bottom / FCN fc6-fc7.")
+flags.DEFINE_enum("encoder", "none", segmodels.ENCODER_CHOICES, "UNet encoder: none (the "
+                  "classic UNet) or a keras.applications network; its decoder is "
+                  "--base_filters wide at full resolution (16 as in segmentation_models).")
+flags.DEFINE_string("encoder_weights", "", "Encoder weights: '' random, 'imagenet' (Keras's "
+                    "download and cache; offline: the file in $KERAS_HOME/models/), or the path "
+                    "of a no-top .h5.")
+flags.DEFINE_integer("freeze_encoder_epochs", 0, "Train only the decoder for the first N epochs "
+                     "(the encoder's BatchNorm runs in inference mode while frozen).",
+                     lower_bound=0)
 flags.DEFINE_integer("fc_filters", 4096, "FCN fc6/fc7 width.")
 flags.DEFINE_string("backbone_weights", "", "FCN: path of the VGG16 no-top ImageNet .h5 file.")
 flags.DEFINE_enum("resize", "stretch", ["stretch", "pad", "crop"], "Resize policy.")
@@ -113,6 +122,16 @@ flags.DEFINE_float("step_timeout_s", 900.0, "Exit with a clear error (code 3, ba
                    "step finishes for this long; 0 disables. Covers compilation of step 1.")
 flags.DEFINE_bool("export", True, "Write model.keras and the SavedModel after training.")
 
+flags.register_multi_flags_validator(
+    ["freeze_encoder_epochs", "model", "encoder"],
+    lambda v: not v["freeze_encoder_epochs"] or (v["model"] == "unet" and v["encoder"] != "none"),
+    message="--freeze_encoder_epochs needs --model=unet with an --encoder")
+flags.register_multi_flags_validator(
+    ["encoder", "encoder_weights", "model"],
+    lambda v: (v["encoder"] == "none" and not v["encoder_weights"]) or v["model"] == "unet"
+    and v["encoder"] != "none",
+    message="--encoder and --encoder_weights are for --model=unet, and weights need an --encoder")
+
 # CPU-sized settings for the no-flag synthetic run: (value, why).
 SYNTHETIC_DEFAULTS = {
     "image_size": ("128", "the synthetic images are 128x128"),
@@ -129,8 +148,8 @@ SYNTHETIC_DEFAULTS = {
 
 
 # A backup holds these flags' model and optimizer: resuming with other values cannot work.
-RESUME_FLAGS = ("model", "image_size", "channels", "base_filters", "depth", "batch_norm",
-                "fc_filters", "optimizer")
+RESUME_FLAGS = ("model", "encoder", "image_size", "channels", "base_filters", "depth",
+                "batch_norm", "fc_filters", "optimizer")
 
 
 def _log(message):
@@ -288,8 +307,10 @@ def run():
     if FLAGS.augment_on == "device":
         preprocess = lambda batch: augment.augment_batch(  # noqa: E731
             batch["image"], batch["mask"], batch["seed"], config, mask_fill)
+    freeze = (model.get_layer("encoder"), FLAGS.freeze_encoder_epochs) \
+        if FLAGS.freeze_encoder_epochs else None
     trainer = loop.Trainer(strategy, model, optimizer, _loss_fn(manifest), num_classes, ignore,
-                           preprocess, FLAGS.jit_compile, FLAGS.steps_per_loop)
+                           preprocess, FLAGS.jit_compile, FLAGS.steps_per_loop, freeze)
     sample = next(iter(pipeline.make_dataset(data_dir, "val", 4, **options))) if is_chief else None
     callback_list = keras.callbacks.CallbackList(callbacks.make_callbacks(
         model_dir, FLAGS.monitor, FLAGS.mode, FLAGS.patience, FLAGS.min_delta, is_chief,

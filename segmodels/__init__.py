@@ -3,7 +3,7 @@
 Models output float32 LOGITS: 1 channel for binary tasks (sigmoid), num_classes
 channels otherwise (softmax). Losses and metrics take logits.
 """
-from segmodels import fcn, losses, metrics, unet  # noqa: F401  (segmodels.metrics for users)
+from segmodels import encoders, fcn, losses, metrics, unet  # noqa: F401  (segmodels.metrics for users)
 
 MODELS = {
     "unet": unet.build_unet,
@@ -15,11 +15,14 @@ MODELS = {
 # name -> the builder options it takes; train.py and tools/benchmark_train.py pick a
 # model's options from their flags of the same names through model_options()
 MODEL_OPTIONS = {
-    "unet": ("base_filters", "depth", "batch_norm", "dropout"),
+    "unet": ("base_filters", "depth", "batch_norm", "dropout", "encoder", "encoder_weights"),
     "fcn32s": ("fc_filters", "dropout", "backbone_weights"),
     "fcn16s": ("fc_filters", "dropout", "backbone_weights"),
     "fcn8s": ("fc_filters", "dropout", "backbone_weights"),
 }
+
+# --encoder choices: the classic UNet, or one on a keras.applications encoder
+ENCODER_CHOICES = ("none",) + tuple(sorted(encoders.ENCODERS))
 
 # name -> loss(y_true, logits, ignore_label, class_weights) -> scalar
 LOSSES = losses.FUNCTIONS

@@ -5,12 +5,18 @@ depth up stages (upsample, skip concat, two 3x3 convs), 1x1 conv to logits.
 """
 import keras
 
-from segmodels import layers
+from segmodels import encoders, layers
 
 
 def build_unet(input_shape, num_classes, base_filters=64, depth=4, batch_norm=False,
-               dropout=0.5, decoder="upsample"):
-    """decoder: "upsample" (UpSampling2D + 2x2 conv, the classic up-conv) or "transpose"."""
+               dropout=0.5, decoder="upsample", encoder="none", encoder_weights=None):
+    """decoder: "upsample" (UpSampling2D + 2x2 conv, the classic up-conv) or "transpose".
+    encoder: "none" (the classic UNet) or a segmodels.encoders.ENCODERS name, whose UNet
+    takes base_filters and batch_norm for its decoder (depth and dropout are the classic
+    UNet's); encoder_weights: None, "imagenet" or the path of a no-top .h5."""
+    if encoder != "none":
+        return encoders.build_encoder_unet(input_shape, num_classes, encoder,
+                                           encoder_weights or None, base_filters, batch_norm)
     layers.check_input_size(input_shape, 2 ** depth, "unet")
     if decoder not in ("upsample", "transpose"):
         raise ValueError(f"decoder={decoder!r}: expected upsample or transpose")

@@ -77,20 +77,37 @@ def _images_and_masks(batch):
 
 class Trainer:
     def __init__(self, strategy, model, optimizer, loss_fn, num_classes, ignore_label=255,
-                 preprocess=None, jit_compile=False, steps_per_loop=1):
+                 preprocess=None, jit_compile=False, steps_per_loop=1, freeze=None):
         """loss_fn(y_true, logits) -> scalar mean over the per-replica batch.
         preprocess(batch dict) -> (images, masks): per-replica work inside the step (device
         augmentation); default: the batch's "image" and "mask".
+        freeze: (layer, epochs): `layer` is not trained for the first `epochs` epochs (a
+        Keras layer set untrainable: its BatchNorm runs in inference mode meanwhile).
         """
         if steps_per_loop < 1:
             raise ValueError(f"--steps_per_loop={steps_per_loop}: must be >= 1")
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.loss_fn, self.num_classes, self.ignore_label = loss_fn, num_classes, ignore_label
         self.preprocess = preprocess or _images_and_masks
-        self.steps_per_loop = steps_per_loop
-        self._update = tf.function(self._replica_update, jit_compile=jit_compile)
+        self.steps_per_loop, self.jit_compile, self.freeze = steps_per_loop, jit_compile, freeze
+        self._trace()
+
+    def _trace(self):
+        """New tf.functions: a trace captures the trainable variables it saw."""
+        self._update = tf.function(self._replica_update, jit_compile=self.jit_compile)
         self._train_loop = tf.function(self._train_loop_fn)
         self._eval_step = tf.function(self._eval_step_fn)
+
+    def _apply_freeze(self, epoch, log):
+        if self.freeze is None:
+            return
+        layer, epochs = self.freeze
+        trainable = epoch >= epochs
+        if layer.trainable != trainable:
+            layer.trainable = trainable
+            self._trace()
+            log(f"{layer.name}: {'trained from now on' if trainable else 'frozen'} "
+                f"(epoch {epoch + 1}, --freeze_encoder_epochs={epochs})")
 
     # -- steps ---------------------------------------------------------------
 
@@ -189,6 +206,7 @@ class Trainer:
         for epoch in range(start_epoch, epochs):
             if backup.finished:
                 break
+            self._apply_freeze(epoch, log)
             callbacks.on_epoch_begin(epoch)
             started = time.time()
             bar = (progress(epoch, epochs, steps_per_epoch, batch_size) if progress

@@ -36,6 +36,7 @@ flags.DEFINE_integer("warmup", 3, "Untimed steps first (compilation).")
 flags.DEFINE_integer("base_filters", 64, "UNet width.")
 flags.DEFINE_integer("depth", 4, "UNet depth.")
 flags.DEFINE_integer("fc_filters", 4096, "FCN fc6/fc7 width.")
+flags.DEFINE_string("encoder", "none", "UNet encoder (segmodels.ENCODER_CHOICES), random weights.")
 flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored"],
                   "tf.distribute strategy (TensorFlow backend; model.train_on_batch runs under "
                   "it). mirrored uses all GPUs, or --logical_cpus CPU devices; over logical CPUs "
@@ -155,7 +156,8 @@ def run_case(precision, source, jit, mode, image_size):
     flops = conv_flops(model) * (3 if mode == "train" else 1)
     images_per_s = batch * FLAGS.steps / total
     keras.mixed_precision.set_dtype_policy("float32")
-    return dict(model=FLAGS.model, image_size=list(image_size), batch_size=batch,
+    return dict(model=FLAGS.model, encoder=FLAGS.encoder, parameters=model.count_params(),
+                image_size=list(image_size), batch_size=batch,
                 precision=precision, input=source, xla=jit, mode=mode, strategy=FLAGS.strategy,
                 images_per_s=images_per_s, tflop_per_image=flops / 1e12,
                 achieved_tflops=images_per_s * flops / 1e12, **_percentiles(times))

@@ -15,6 +15,16 @@ for precision in float32 mixed_float16 mixed_bfloat16; do
     --precision=$precision --steps=30 --warmup=3 --output="$out/unet512_$precision.json" \
     2>&1 | grep -v -E "^(I0000|W0000)" | tail -4
 done
-timeout 120 python3 tools/benchmark_train.py --model=fcn8s --image_size=512 --batch_size=8 \
-  --precision=mixed_bfloat16 --steps=20 --warmup=3 --output="$out/fcn8s512_mixed_bfloat16.json" \
-  2>&1 | grep -v -E "^(I0000|W0000)" | tail -3
+# issue 17: every model at mixed_bfloat16, batch 8 and 16 (training only)
+for batch in 8 16; do
+  for model in "unet" "unet --encoder=resnet50 --base_filters=16" \
+      "unet --encoder=mobilenetv2 --base_filters=16" \
+      "unet --encoder=efficientnetb0 --base_filters=16" "fcn8s"; do
+    name=$(echo "$model" | tr -d ' ' | sed 's/--encoder=/_/; s/--base_filters=16//')
+    # shellcheck disable=SC2086
+    timeout 150 python3 tools/benchmark_train.py --model=$model --image_size=512 \
+      --batch_size=$batch --precision=mixed_bfloat16 --steps=20 --warmup=3 --mode=train \
+      --output="$out/${name}512_b${batch}_mixed_bfloat16.json" \
+      2>&1 | grep -v -E "^(I0000|W0000)" | tail -2
+  done
+done

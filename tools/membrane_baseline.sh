@@ -1,13 +1,28 @@
 #!/usr/bin/env bash
-# The accuracy figure of BENCHMARKS.md: prepare the shared ISBI membrane data and train a
-# width-16 UNet at 256x256 on CPU, then print the test metrics.
-#   bash tools/membrane_baseline.sh [WORK_DIR]
+# The membrane recipe of BENCHMARKS.md §4: prepare the shared ISBI 2012 membrane data, train
+# recipes/membrane.flags once per seed on the CPU, print each seed's wall time and test
+# metrics (membrane = class 0), then the median.
+#   bash tools/membrane_baseline.sh [WORK_DIR] [SEED ...]      (default seeds: 1 2 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/segflow_membrane}
+shift || true
+seeds=${*:-1 2 3}
 python tools/prepare_dataset.py --input=../shared/data/membrane --output="$work/records" --overwrite
-/usr/bin/time -f "wall %e s" python train.py --data_dir="$work/records" --model_dir="$work/run" \
-  --image_size=256 --base_filters=16 --depth=4 --batch_size=4 --epochs=14 --steps_per_epoch=10 \
-  --learning_rate=1e-3 --loss=ce --aug_vflip --dropout=0 --patience=20 --cache \
-  --mixed_precision=float32 --export=false
-python -c "import json; m = json.load(open('$work/run/metrics.json')); print({k: m[k] for k in ('per_class_dice', 'dice', 'mean_iou', 'pixel_accuracy', 'best_epoch')})"
+for seed in $seeds; do
+  rm -rf "$work/run_$seed"
+  start=$(date +%s)
+  python train.py --flagfile=recipes/membrane.flags --data_dir="$work/records" \
+    --model_dir="$work/run_$seed" --seed="$seed" --noprogress > "$work/run_$seed.log" 2>&1
+  echo "seed $seed: wall $(( $(date +%s) - start )) s"
+done
+python - "$work" $seeds <<'PY'
+import json, statistics, sys
+work, seeds = sys.argv[1], sys.argv[2:]
+rows = [json.load(open(f"{work}/run_{s}/metrics.json")) for s in seeds]
+for seed, m in zip(seeds, rows):
+    print(f"seed {seed}: membrane Dice {m['per_class_dice'][0]:.4f}, cell Dice "
+          f"{m['per_class_dice'][1]:.4f}, mIoU {m['mean_iou']:.4f}, best epoch {m['best_epoch']}")
+print(f"median: membrane Dice {statistics.median(m['per_class_dice'][0] for m in rows):.4f}, "
+      f"mIoU {statistics.median(m['mean_iou'] for m in rows):.4f}")
+PY

@@ -1,0 +1,126 @@
+"""UNet on keras.applications encoders: built with random weights (nothing downloaded)."""
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import segmodels
+from conftest import ROOT
+from segmodels import encoders, losses
+
+NAMES = sorted(encoders.ENCODERS)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("size", [64, 128])
+def test_each_encoder_builds_and_trains_a_step(name, size):
+    keras.utils.set_random_seed(0)
+    model = segmodels.build_model("unet", (size, size, 1), 3, base_filters=4, encoder=name)
+    assert model.get_layer("encoder") is not None
+    assert model.output_shape == (None, size, size, 3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (2, size, size, 1)).astype("uint8")
+    masks = rng.integers(0, 3, (2, size, size, 1)).astype("uint8")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=segmodels.build_loss("dice_ce"))
+    before = [w.copy() for w in model.get_layer("encoder").get_weights()[:2]]
+    loss = float(model.train_on_batch(images, masks))
+    assert np.isfinite(loss)
+    after = model.get_layer("encoder").get_weights()[:2]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))  # the encoder trains
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_in_model_preprocessing_is_the_family_preprocess_input(name, channels):
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, channels)).astype("uint8")
+    layer = encoders.EncoderPreprocess(encoders.ENCODERS[name][1])
+    rgb = np.repeat(images, 3, axis=-1) if channels == 1 else images
+    expected = encoders.PREPROCESS_FUNCTIONS[name](rgb.astype("float32"))
+    np.testing.assert_allclose(np.asarray(layer(images)), np.asarray(expected), atol=1e-4)
+
+
+def test_a_saved_encoder_h5_loads_into_a_new_model(tmp_path):
+    """The no-top network's weights saved by Keras (the layout of the ImageNet files) load
+    into a new UNet: its encoder then gives the same features, where a fresh one differs."""
+    keras.utils.set_random_seed(1)
+    source = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                            input_shape=(64, 64, 3))
+    path = str(tmp_path / "mobilenetv2_notop.weights.h5")
+    source.save_weights(path)
+    keras.utils.set_random_seed(2)
+    loaded = segmodels.build_model("unet", (64, 64, 3), 2, base_filters=4, encoder="mobilenetv2",
+                                   encoder_weights=path)
+    fresh = segmodels.build_model("unet", (64, 64, 3), 2, base_filters=4, encoder="mobilenetv2")
+    x = np.asarray(encoders.EncoderPreprocess("tf")(
+        np.random.default_rng(3).integers(0, 256, (1, 64, 64, 3)).astype("uint8")))
+    expected = np.asarray(source(x))
+    np.testing.assert_allclose(np.asarray(loaded.get_layer("encoder")(x)[-1]), expected,
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np.asarray(fresh.get_layer("encoder")(x)[-1]), expected, atol=1e-3)
+    with pytest.raises(ValueError, match="no such file"):
+        segmodels.build_model("unet", (64, 64, 3), 2, encoder="resnet50",
+                              encoder_weights=str(tmp_path / "nope.h5"))
+    with pytest.raises(ValueError, match="not the no-top resnet50 weights"):
+        segmodels.build_model("unet", (64, 64, 3), 2, encoder="resnet50", encoder_weights=path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sizes_not_a_multiple_of_32_name_the_nearest(name):
+    with pytest.raises(ValueError, match="nearest valid sizes: 96 or 128"):
+        segmodels.build_model("unet", (100, 128, 3), 2, encoder=name)
+
+
+def test_mixed_precision_keeps_float32_logits():
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = segmodels.build_model("unet", (64, 64, 1), 2, base_filters=4,
+                                      encoder="efficientnetb0")
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    logits = model(np.zeros((1, 64, 64, 1), "uint8"))
+    assert model.get_layer("encoder").compute_dtype == "bfloat16"
+    assert logits.dtype == "float32"
+    assert np.isfinite(float(losses.dice_loss(np.zeros((1, 64, 64, 1), "int32"), logits)))
+
+
+def test_freeze_encoder_epochs_through_train_py(binary_records, tmp_path):
+    """--freeze_encoder_epochs=1: after epoch 1 the encoder (BatchNorm statistics included)
+    is exactly the weights file it started from while the decoder moved; resumed for a
+    second epoch, the encoder trains too."""
+    keras.utils.set_random_seed(4)
+    start = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                           input_shape=(64, 64, 3))
+    path = str(tmp_path / "start.weights.h5")
+    start.save_weights(path)
+    run = tmp_path / "run"
+    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
+           f"--model_dir={run}", "--image_size=64", "--base_filters=4", "--batch_size=4",
+           "--steps_per_epoch=3", "--mixed_precision=float32", "--encoder=mobilenetv2",
+           f"--encoder_weights={path}", "--freeze_encoder_epochs=1", "--export=false",
+           "--learning_rate=0.01", "--patience=5"]
+
+    def weights():
+        model = segmodels.build_model("unet", (64, 64, 1), 2, base_filters=4,
+                                      encoder="mobilenetv2")
+        model.load_weights(str(run / "latest.weights.h5"))
+        return model.get_layer("encoder").get_weights(), model.get_layer("up0_conv1").get_weights()
+    first = subprocess.run(cmd + ["--epochs=1"], capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "encoder: frozen (epoch 1, --freeze_encoder_epochs=1)" in first.stdout
+    encoder_1, decoder_1 = weights()
+    for got, expected in zip(encoder_1, start.get_weights()):
+        np.testing.assert_array_equal(got, expected)
+    second = subprocess.run(cmd + ["--epochs=2"], capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "encoder: trained from now on (epoch 2" in second.stdout
+    encoder_2, decoder_2 = weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(encoder_2, encoder_1))
+    assert any(not np.array_equal(a, b) for a, b in zip(decoder_2, decoder_1))
+    bad = subprocess.run(cmd[:2] + [f"--data_dir={binary_records}", f"--model_dir={tmp_path / 'x'}",
+                                    "--freeze_encoder_epochs=2"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "--freeze_encoder_epochs needs" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
