@@ -231,12 +231,8 @@ def _does_something(d):
 def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="constant"):
     """ImageProjectiveTransformV3 on (batch, h, w, c) with (batch, 3, 3) matrices: the op the
     kernels' arithmetic follows, and how serving maps logits back onto an image."""
-    matrices = tf.reshape(matrices, [-1, 9])
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=matrices[:, :8] / matrices[:, 8:9],
-        output_shape=tf.convert_to_tensor(out_size, tf.int32),
-        fill_value=tf.cast(fill_value, tf.float32), interpolation=interpolation,
-        fill_mode=fill_mode.upper())
+    return kernels.projective_warp(images, matrices, out_size, interpolation, fill_value,
+                                   fill_mode)
 
 
 def _gray(image):
@@ -323,5 +319,4 @@ def augment_batch(images, masks, seeds, config, mask_fill=255):
     if d.gain is not None:
         # each example's contrast centre is its mean before the warp, as on the host
         d = d._replace(centre=kernels.frame_mean(images))
-    sizes = tf.tile(tf.constant([out_size], tf.int32), [tf.shape(images)[0], 1])
-    return kernels.reference(images, masks, sizes, d, out_size, config.fill_mode, mask_fill)
+    return kernels.reference(images, masks, None, d, out_size, config.fill_mode, mask_fill)

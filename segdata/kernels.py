@@ -4,7 +4,7 @@
         -> (images, masks)
 
 images uint8 (B, h, w, C), masks (B, h, w, 1), possibly padded past `sizes` (B, 2), each
-example's true height and width; `draw` an augment.Draw of batched values; the result is
+example's true height and width (None: every frame fills its array); `draw` an augment.Draw of batched values; the result is
 uint8 (B, H, W, C) and (B, H, W, 1) for out_size (H, W); `channels=3` returns a gray
 image as RGB (the gray values repeated), everything before running on one channel.
 
@@ -16,7 +16,8 @@ at the output size and nothing moves) only the draw's flips apply. Then brightne
 contrast, saturation, hue and noise, and the round to uint8.
 
 - `reference`: plain TF ops, readable; the device path (a batch inside the train step) and
-  --noaug_xla run it.
+  --noaug_xla run it. An affine warp is ImageProjectiveTransformV3 itself; with an elastic
+  displacement (which the op cannot take), bilinear reads by gather_nd.
 - `xla`: one XLA-compiled function of flat scalar gathers, which XLA fuses into one loop
   over the output pixels that computes each source coordinate once for every image
   channel and the mask, in bands of output rows (_in_bands); the host pipeline runs it,
@@ -192,11 +193,39 @@ def _with_channels(images, channels):
     return images
 
 
+def projective_warp(images, matrices, out_size, interpolation, fill_value=0,
+                    fill_mode="constant"):
+    """ImageProjectiveTransformV3 on (B, h, w, c) with (B, 3, 3) output -> input matrices."""
+    matrices = tf.reshape(matrices, [-1, 9])
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=matrices[:, :8] / matrices[:, 8:9],
+        output_shape=tf.convert_to_tensor(out_size, tf.int32),
+        fill_value=tf.cast(fill_value, tf.float32), interpolation=interpolation,
+        fill_mode=fill_mode.upper())
+
+
+def _affine_by_op(images, masks, draw, out_size, fill_mode, mask_fill, channels):
+    # ImageProjectiveTransformV3 is 4x faster op by op than the gathers of `reference`, but
+    # it reads whole arrays: only frames that fill theirs (unpadded) can take it
+    pixels = projective_warp(tf.cast(images, tf.float32), draw.matrix, out_size, "BILINEAR", 0,
+                             fill_mode)
+    masks = projective_warp(masks, draw.matrix, out_size, "NEAREST", mask_fill, fill_mode)
+    return _with_channels(photometric(pixels, draw), channels), masks
+
+
 def reference(images, masks, sizes, draw, out_size, fill_mode="constant", mask_fill=255,
               channels=None):
     if draw.matrix is None:
         images, masks = flip(images, masks, draw)
         return _with_channels(photometric(images, draw), channels), masks
+    if sizes is None:  # every frame fills its array (the device path's resized batch)
+        sizes = tf.tile(tf.shape(images)[None, 1:3], [tf.shape(images)[0], 1])
+        if draw.displacement is None:
+            return _affine_by_op(images, masks, draw, out_size, fill_mode, mask_fill, channels)
+    elif draw.displacement is None and images.shape[0] == 1:
+        frame = lambda x: x[:, :sizes[0, 0], :sizes[0, 1]]  # noqa: E731  (drop the padding)
+        return _affine_by_op(frame(images), frame(masks), draw, out_size, fill_mode, mask_fill,
+                             channels)
     ys, xs = source_coordinates(draw.matrix, draw.displacement, out_size)
     sizes = tf.cast(sizes, tf.int32)
     ys = map_coordinate(ys, tf.cast(sizes[:, 0, None, None], tf.float32), fill_mode)

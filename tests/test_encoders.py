@@ -24,12 +24,16 @@ def test_each_encoder_builds_and_trains_a_step(name, size):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (2, size, size, 1)).astype("uint8")
     masks = rng.integers(0, 3, (2, size, size, 1)).astype("uint8")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=segmodels.build_loss("dice_ce"))
-    before = [w.copy() for w in model.get_layer("encoder").get_weights()[:2]]
-    loss = float(model.train_on_batch(images, masks))
-    assert np.isfinite(loss)
-    after = model.get_layer("encoder").get_weights()[:2]
-    assert any(not np.array_equal(a, b) for a, b in zip(before, after))  # the encoder trains
+    # one eager step: tracing these networks for a single step costs ten times the step
+    import tensorflow as tf
+    optimizer = keras.optimizers.Adam(1e-3)
+    stem = model.get_layer("encoder").trainable_weights[0]
+    before = np.array(stem)
+    with tf.GradientTape() as tape:
+        loss = losses.dice_ce(masks, model(images, training=True))
+    optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+    assert np.isfinite(float(loss))
+    assert not np.array_equal(np.array(stem), before)  # the encoder trains
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -59,7 +63,9 @@ def test_a_saved_encoder_h5_loads_into_a_new_model(tmp_path):
     expected = np.asarray(source(x))
     np.testing.assert_allclose(np.asarray(loaded.get_layer("encoder")(x)[-1]), expected,
                                rtol=1e-5, atol=1e-5)
-    assert not np.allclose(np.asarray(fresh.get_layer("encoder")(x)[-1]), expected, atol=1e-3)
+    # the first skip (stride 2) of a fresh encoder differs (deep random features saturate)
+    skip = np.asarray(loaded.get_layer("encoder")(x)[0])
+    assert not np.allclose(np.asarray(fresh.get_layer("encoder")(x)[0]), skip, atol=1e-3)
     with pytest.raises(ValueError, match="no such file"):
         segmodels.build_model("unet", (64, 64, 3), 2, encoder="resnet50",
                               encoder_weights=str(tmp_path / "nope.h5"))
@@ -87,9 +93,10 @@ def test_mixed_precision_keeps_float32_logits():
 
 
 def test_freeze_encoder_epochs_through_train_py(binary_records, tmp_path):
-    """--freeze_encoder_epochs=1: after epoch 1 the encoder (BatchNorm statistics included)
-    is exactly the weights file it started from while the decoder moved; resumed for a
-    second epoch, the encoder trains too."""
+    """--freeze_encoder_epochs=1 over 2 epochs: the backup after epoch 1 holds exactly the
+    encoder weights file it started from (BatchNorm statistics included) while the decoder
+    moved; after epoch 2 the encoder moved too."""
+    import tensorflow as tf
     keras.utils.set_random_seed(4)
     start = keras.applications.MobileNetV2(include_top=False, weights=None,
                                            input_shape=(64, 64, 3))
@@ -100,25 +107,26 @@ def test_freeze_encoder_epochs_through_train_py(binary_records, tmp_path):
            f"--model_dir={run}", "--image_size=64", "--base_filters=4", "--batch_size=4",
            "--steps_per_epoch=3", "--mixed_precision=float32", "--encoder=mobilenetv2",
            f"--encoder_weights={path}", "--freeze_encoder_epochs=1", "--export=false",
-           "--learning_rate=0.01", "--patience=5"]
+           "--learning_rate=0.01", "--patience=5", "--epochs=2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "encoder: frozen (epoch 1, --freeze_encoder_epochs=1)" in result.stdout
+    assert "encoder: trained from now on (epoch 2, --freeze_encoder_epochs=1)" in result.stdout
 
-    def weights():
+    def after(epoch):
         model = segmodels.build_model("unet", (64, 64, 1), 2, base_filters=4,
                                       encoder="mobilenetv2")
-        model.load_weights(str(run / "latest.weights.h5"))
+        tf.train.Checkpoint(model=model).read(str(run / "backup" / f"ckpt-{epoch}")).expect_partial()
         return model.get_layer("encoder").get_weights(), model.get_layer("up0_conv1").get_weights()
-    first = subprocess.run(cmd + ["--epochs=1"], capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "encoder: frozen (epoch 1, --freeze_encoder_epochs=1)" in first.stdout
-    encoder_1, decoder_1 = weights()
+    (encoder_1, decoder_1), (encoder_2, decoder_2) = after(1), after(2)
     for got, expected in zip(encoder_1, start.get_weights()):
         np.testing.assert_array_equal(got, expected)
-    second = subprocess.run(cmd + ["--epochs=2"], capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "encoder: trained from now on (epoch 2" in second.stdout
-    encoder_2, decoder_2 = weights()
     assert any(not np.array_equal(a, b) for a, b in zip(encoder_2, encoder_1))
     assert any(not np.array_equal(a, b) for a, b in zip(decoder_2, decoder_1))
+    fresh = segmodels.build_model("unet", (64, 64, 1), 2, base_filters=4, encoder="mobilenetv2",
+                                  encoder_weights=path)
+    assert any(not np.array_equal(a, b) for a, b in zip(
+        decoder_1, fresh.get_layer("up0_conv1").get_weights()))  # epoch 1 trained the decoder
     bad = subprocess.run(cmd[:2] + [f"--data_dir={binary_records}", f"--model_dir={tmp_path / 'x'}",
                                     "--freeze_encoder_epochs=2"],
                          capture_output=True, text=True, timeout=120)

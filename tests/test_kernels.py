@@ -181,14 +181,15 @@ def test_elastic_mask_is_still_a_threshold_of_the_image(xla):
         assert (got != mask.numpy()).mean() > 0.02  # it moved
 
 
-def test_host_and_device_elastic_agree():
+@pytest.mark.parametrize("elastic_alpha", [4.0, 0.0])  # gathers, and the affine op
+def test_host_and_device_agree_on_a_batch(elastic_alpha):
     """A frame already at the output size: the host (XLA, one example) and the device path
     (reference, a batch) draw the same field and matrix from the same seed."""
     rng = np.random.default_rng(5)
     images = tf.constant(rng.integers(0, 255, (2, 40, 40, 1), dtype=np.uint8))
     masks = tf.constant(rng.integers(0, 3, (2, 40, 40, 1), dtype=np.uint8))
     seeds = tf.constant([[1, 4], [2, 8]], tf.int64)
-    config = augment.AugmentConfig(elastic_alpha=4.0, rotation=20, hflip=True)
+    config = augment.AugmentConfig(elastic_alpha=elastic_alpha, rotation=20, hflip=True)
     device_images, device_masks = augment.augment_batch(images, masks, seeds, config)
     for i in range(2):
         host_image, host_mask = augment.augment_example(images[i], masks[i], seeds[i], (40, 40),

@@ -41,13 +41,15 @@ def _test_split_confusion(model, records_dir, size):
 
 def test_two_epochs_end_to_end(binary_records, tmp_path):
     run = tmp_path / "run"
-    result = train(binary_records, run, "--epochs=2", "--steps_per_epoch=3", "--aug_rotation=10")
+    result = train(binary_records, run, "--epochs=2", "--steps_per_epoch=3", "--aug_rotation=10",
+                   "--noprogress", "--progress_interval_s=0", "--steps_per_loop=1")
     for name in ("metrics.json", "model.keras", "best.keras", "flags.txt", "log.csv",
                  "export/saved_model.pb"):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert "--model=unet" in (run / "flags.txt").read_text()
-    assert "epoch 2/2" in result.stdout
+    assert "epoch 2/2:" in result.stdout
+    assert " step " not in result.stdout  # --noprogress, though every loop would print
     # the test scores are the model's on the test split, counted independently
     model = keras.saving.load_model(str(run / "model.keras"))
     cm = _test_split_confusion(model, binary_records, (32, 32))
@@ -80,47 +82,46 @@ def _run_weights(run_dir):
     return keras.saving.load_model(str(run_dir / "best.keras")).get_weights()
 
 
-def test_two_replicas_equal_one_replica_with_the_same_global_batch(binary_records, tmp_path):
-    """Global batch 8 on 2 replicas (4 each) and on 1: the same weights after 3 SGD steps,
-    within float32 rounding. CE is a per-pixel mean, so per-replica means / replicas,
-    summed, are the global mean. SGD, not Adam: Adam's update does not change when every
-    gradient is scaled, so it would hide a wrong loss scaling or reduction."""
-    common = ["--batch_size=8", "--epochs=1", "--steps_per_epoch=3", "--noaug_hflip",
-              "--deterministic", "--loss=ce", "--optimizer=sgd", "--learning_rate=0.1",
+def test_two_replicas_train_and_evaluate_as_one(binary_records, tmp_path):
+    """Training: global batch 8 on 2 replicas (4 each) and on 1 give the same weights after 3
+    SGD steps, within float32 rounding. CE is a per-pixel mean, so per-replica means /
+    replicas, summed, are the global mean; SGD, not Adam, whose update does not change when
+    every gradient is scaled and would hide a wrong loss scaling or reduction.
+    Evaluation: with a zero learning rate both runs hold the initial weights, and batch 6
+    divides neither val (8 examples) nor test (4): 2 replicas must give the single device's
+    confusion matrices exactly (padding adds nothing, no example is dropped or doubled)."""
+    sgd = ["--batch_size=8", "--epochs=1", "--steps_per_epoch=3", "--noaug_hflip",
+           "--deterministic", "--loss=ce", "--optimizer=sgd", "--learning_rate=0.1",
+           "--export=false"]
+    frozen = ["--batch_size=6", "--epochs=1", "--steps_per_epoch=1", "--learning_rate=0",
               "--export=false"]
-    train(binary_records, tmp_path / "one", *common)
-    result = train(binary_records, tmp_path / "two", *common, "--strategy=mirrored",
-                   "--logical_cpus=2")
+    mirrored = ["--strategy=mirrored", "--logical_cpus=2"]
+    train(binary_records, tmp_path / "one", *sgd)
+    result = train(binary_records, tmp_path / "two", *sgd, *mirrored)
     assert '"replicas": 2' in result.stdout
-    train(binary_records, tmp_path / "start", *common[:-2], "--learning_rate=0", "--export=false")
+    train(binary_records, tmp_path / "frozen_one", *frozen)
+    train(binary_records, tmp_path / "frozen_two", *frozen, *mirrored)
     one, two = _run_weights(tmp_path / "one"), _run_weights(tmp_path / "two")
     for a, b in zip(one, two):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     # the steps moved the weights far more than the tolerance: a gradient off by the
     # replica count would show
-    moved = max(np.abs(a - b).max() for a, b in zip(one, _run_weights(tmp_path / "start")))
+    moved = max(np.abs(a - b).max() for a, b in zip(one, _run_weights(tmp_path / "frozen_one")))
     assert moved > 1e-3
-
-
-def test_evaluation_on_two_replicas_counts_every_example_once(binary_records, tmp_path):
-    """Batch 6 over val (8 examples) and test (4): neither divides. With a zero learning rate
-    both runs hold the initial weights, so 2 replicas must give the single device's
-    confusion matrices exactly: padding adds nothing, no example is dropped or doubled."""
-    common = ["--batch_size=6", "--epochs=1", "--steps_per_epoch=1", "--learning_rate=0",
-              "--export=false"]
-    train(binary_records, tmp_path / "one", *common)
-    train(binary_records, tmp_path / "two", *common, "--strategy=mirrored", "--logical_cpus=2")
-    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
-    assert one["confusion_matrix"] == two["confusion_matrix"]
-    assert np.sum(one["confusion_matrix"]) == 4 * 32 * 32
-    rows = [next(csv.DictReader(open(tmp_path / n / "log.csv"))) for n in ("one", "two")]
+    metrics = [json.loads((tmp_path / n / "metrics.json").read_text())
+               for n in ("frozen_one", "frozen_two")]
+    assert metrics[0]["confusion_matrix"] == metrics[1]["confusion_matrix"]
+    assert np.sum(metrics[0]["confusion_matrix"]) == 4 * 32 * 32
+    rows = [next(csv.DictReader(open(tmp_path / n / "log.csv"))) for n in ("frozen_one", "frozen_two")]
     for key in ("val_dice", "val_mean_iou", "val_pixel_accuracy"):
         assert rows[0][key] == rows[1][key], key
 
 
 def test_steps_per_loop_gives_the_same_weights_and_metrics(binary_records, tmp_path):
-    """6 steps an epoch as loops of 4 + 2 and as 6 single steps."""
-    common = ["--epochs=2", "--steps_per_epoch=6", "--noaug_hflip", "--deterministic",
+    """6 steps an epoch as loops of 4 + 2 and as 6 single steps, with augmentation: the
+    same weights bit for bit (which also holds --deterministic to its word: two processes,
+    one result) and the same epoch metrics."""
+    common = ["--epochs=2", "--steps_per_epoch=6", "--aug_rotation=15", "--deterministic",
               "--export=false"]
     train(binary_records, tmp_path / "single", *common, "--steps_per_loop=1")
     train(binary_records, tmp_path / "looped", *common, "--steps_per_loop=4")
@@ -134,15 +135,6 @@ def test_steps_per_loop_gives_the_same_weights_and_metrics(binary_records, tmp_p
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
 
 
-def test_deterministic_runs_repeat_bit_for_bit(binary_records, tmp_path):
-    common = ["--epochs=1", "--steps_per_epoch=4", "--aug_rotation=15", "--deterministic",
-              "--export=false"]
-    train(binary_records, tmp_path / "a", *common)
-    train(binary_records, tmp_path / "b", *common)
-    for a, b in zip(_run_weights(tmp_path / "a"), _run_weights(tmp_path / "b")):
-        np.testing.assert_array_equal(a, b)
-
-
 def test_a_run_that_learns_nothing_says_so(binary_records, tmp_path):
     """A zero learning rate with CE over whole epochs (the same examples each epoch, no
     augmentation): the epoch loss cannot move, which the run must report."""
@@ -154,20 +146,14 @@ def test_a_run_that_learns_nothing_says_so(binary_records, tmp_path):
     assert "the training loss has not moved for 2 epochs" in result.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["collapse"] == warnings[0][len("WARNING: "):]
-    healthy = train(binary_records, tmp_path / "learns", "--epochs=3", "--loss=ce", "--noaug_hflip",
-                    "--patience=5", "--export=false", "--base_filters=8", "--learning_rate=0.03",
-                    "--steps_per_epoch=21")
-    assert json.loads((tmp_path / "learns" / "metrics.json").read_text())["dice"] > 0.8
-    assert "likely collapsed" not in healthy.stdout
-    assert json.loads((tmp_path / "learns" / "metrics.json").read_text())["collapse"] is None
+    # a run that learns is not flagged: tests/test_tools.py's sweep has one beside a frozen one
 
 
-def test_progress_bar_on_a_terminal_and_none_with_noprogress(binary_records, tmp_path):
-    """On a terminal (a pty here) Keras's Progbar draws steps, ETA, images/s and the loss;
-    --noprogress draws nothing."""
+def test_progress_bar_on_a_terminal(binary_records, tmp_path):
+    """On a terminal (a pty here) Keras's Progbar draws steps, ETA, images/s and the loss."""
     import pty
     outputs = {}
-    for name, extra in (("bar", []), ("off", ["--noprogress"])):
+    for name, extra in (("bar", []),):
         leader, follower = pty.openpty()
         cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
                f"--model_dir={tmp_path / name}", *TINY, "--epochs=1", "--steps_per_epoch=20",
@@ -189,9 +175,7 @@ def test_progress_bar_on_a_terminal_and_none_with_noprogress(binary_records, tmp
     bar = outputs["bar"]
     for piece in ("5/20", "20/20", "━", "images/s", "loss:"):
         assert piece in bar, piece
-    assert "\r" in bar
-    assert "20/20" not in outputs["off"] and "images/s" not in outputs["off"]
-    assert "epoch 1/1:" in outputs["off"]
+    assert "\r" in bar  # (--noprogress: tests/test_train.py::test_two_epochs_end_to_end)
 
 
 def test_early_stopping_with_zero_learning_rate(binary_records, tmp_path):
@@ -256,8 +240,8 @@ def test_membrane_acceptance(tmp_path):
     """Real EM data: the model must beat the trivial all-cell answer on the membrane class.
 
     Predicting "all cell" scores membrane Dice 0 and mIoU ~0.39. Thresholds: membrane
-    Dice > 0.45 and mIoU > 0.5 need real membrane detection, yet leave room below the
-    ~0.63 / 0.65 a width-16 UNet reached in 70 s on 2 cores.
+    Dice > 0.45 and mIoU > 0.5 need real membrane detection, yet leave room below what a
+    width-16 UNet reaches in these 10 epochs (~0.6 / 0.6, 2 cores).
     """
     records = tmp_path / "mem"
     subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prepare_dataset.py"),
@@ -266,7 +250,7 @@ def test_membrane_acceptance(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={records}",
            f"--model_dir={run}", "--image_size=256", "--base_filters=16", "--depth=4",
-           "--batch_size=4", "--epochs=14", "--steps_per_epoch=10", "--learning_rate=1e-3",
+           "--batch_size=4", "--epochs=10", "--steps_per_epoch=10", "--learning_rate=1e-3",
            "--loss=ce", "--aug_vflip", "--dropout=0", "--patience=20", "--cache",
            "--mixed_precision=float32", "--export=false"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)

@@ -209,6 +209,12 @@ def test_input_pipeline_memory_is_flat(binary_records, cache):
     assert growth < 0.10, rss
 
 
+def _port_open(port):
+    import socket
+    with socket.socket() as probe:
+        return probe.connect_ex(("localhost", port)) == 0
+
+
 class LocalDataService:
     """A dispatcher and 2 workers as subprocesses on localhost; restartable on the same port."""
 
@@ -227,7 +233,9 @@ class LocalDataService:
             python(tool, "--role=worker", f"--port={free_port()}",
                    f"--dispatcher=localhost:{self.port}"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
-        time.sleep(6)
+        # ready when the dispatcher takes connections and the workers had a moment to register
+        assert wait_until(lambda: _port_open(self.port), 30)
+        time.sleep(2)
 
     @property
     def workers(self):
