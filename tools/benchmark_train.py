@@ -198,7 +198,8 @@ def main(argv):
     if FLAGS.json:
         print(json.dumps(report))
         return 0
-    print(f"backend={report['backend']} gpu={report['gpu']}")
+    print(f"backend={report['backend']} gpu={report['gpu']} model={FLAGS.model} "
+          f"encoder={FLAGS.encoder} parameters={results[0]['parameters']:,}")
     print(f"{'precision':16} {'input':10} {'xla':5} {'mode':6} {'img/s':>9} {'p50 ms':>8} "
           f"{'p90 ms':>8} {'TFLOP/s':>8}")
     for r in results:
