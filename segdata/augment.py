@@ -228,13 +228,6 @@ def _does_something(d):
     return any(v is not None for v in d)
 
 
-def warp(images, matrices, out_size, interpolation, fill_value=0, fill_mode="constant"):
-    """ImageProjectiveTransformV3 on (batch, h, w, c) with (batch, 3, 3) matrices: the op the
-    kernels' arithmetic follows, and how serving maps logits back onto an image."""
-    return kernels.projective_warp(images, matrices, out_size, interpolation, fill_value,
-                                   fill_mode)
-
-
 def _gray(image):
     """uint8 (h, w, 3) -> (h, w, 1) with tf.image.rgb_to_grayscale's weights, rounded."""
     gray = tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))

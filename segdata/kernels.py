@@ -4,9 +4,10 @@
         -> (images, masks)
 
 images uint8 (B, h, w, C), masks (B, h, w, 1), possibly padded past `sizes` (B, 2), each
-example's true height and width (None: every frame fills its array); `draw` an augment.Draw of batched values; the result is
-uint8 (B, H, W, C) and (B, H, W, 1) for out_size (H, W); `channels=3` returns a gray
-image as RGB (the gray values repeated), everything before running on one channel.
+example's true height and width (None: every frame fills its array); `draw` an
+augment.Draw of batched values; the result is uint8 (B, H, W, C) and (B, H, W, 1) for
+out_size (H, W); `channels=3` returns a gray image as RGB (the gray values repeated),
+everything before running on one channel.
 
 With `draw.matrix` set, every output pixel reads ONE source coordinate, the matrix's
 image of the pixel plus the elastic displacement at it: bilinear for the image, nearest

@@ -23,7 +23,7 @@ import os
 
 import tensorflow as tf
 
-from segdata import augment
+from segdata import atomic, augment, kernels
 
 FILENAME = "input_contract.json"
 TTA = ("none", "hflip", "hvflip")
@@ -66,9 +66,8 @@ class InputContract:
     def save(self, folder):
         """FILENAME in `folder`, atomically."""
         path = os.path.join(folder, FILENAME)
-        with open(path + ".partial", "w") as handle:
+        with atomic.replacing(path) as handle:
             handle.write(self.to_json())
-        os.replace(path + ".partial", path)
         return path
 
     @classmethod
@@ -130,9 +129,9 @@ def to_original(logits, matrix, original_size):
     saw the pixel, e.g. outside a centre crop)."""
     inverse = tf.linalg.inv(matrix)
     logits = tf.cast(logits, tf.float32)
-    back = augment.warp(logits[None], inverse[None], original_size, "BILINEAR")[0]
-    seen = augment.warp(tf.ones_like(logits[None, ..., :1]), inverse[None], original_size,
-                        "NEAREST", fill_value=0)[0]
+    back = kernels.projective_warp(logits[None], inverse[None], original_size, "BILINEAR")[0]
+    seen = kernels.projective_warp(tf.ones_like(logits[None, ..., :1]), inverse[None],
+                                   original_size, "NEAREST", fill_value=0)[0]
     return back, seen[..., 0] > 0
 
 

@@ -2,6 +2,8 @@
 import numpy as np
 from PIL import Image
 
+from segdata import atomic
+
 IGNORE_COLOUR = (255, 255, 255)
 
 
@@ -49,7 +51,5 @@ def grid(rows, gap=4):
 
 
 def save_png(array, path):
-    import os
-    temp = path + ".partial.png"
-    Image.fromarray(array).save(temp)
-    os.replace(temp, path)
+    with atomic.replacing(path, "wb") as handle:
+        Image.fromarray(array).save(handle, format="PNG")

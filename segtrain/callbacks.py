@@ -6,6 +6,8 @@ import os
 import keras
 import tensorflow as tf
 
+from segdata import atomic
+
 
 def monitor_mode(monitor, mode="auto"):
     """min for losses, max for Dice/IoU/accuracy, unless given."""
@@ -58,9 +60,8 @@ def trim_csv_log(path, epochs):
     kept = [rows[0]] + [row for row in rows[1:] if row and int(row[column]) < epochs]
     if len(kept) == len(rows):
         return
-    with open(path + ".partial", "w", newline="") as handle:
+    with atomic.replacing(path, newline="") as handle:
         csv.writer(handle).writerows(kept)
-    os.replace(path + ".partial", path)
 
 
 def make_callbacks(model_dir, monitor, mode, patience, min_delta, is_chief, resumed_epochs=0,

@@ -15,8 +15,7 @@ import shutil
 
 import tensorflow as tf
 
-from segdata import serving
-
+from segdata import atomic, serving
 
 
 class _Serving(tf.Module):
@@ -154,9 +153,8 @@ def export_tflite(model, path, quantize="none", calibration=None):
         if quantize == "int8":
             converter.representative_dataset = lambda: ([batch] for batch in calibration)
         flatbuffer = converter.convert()
-    with open(path + ".partial", "wb") as handle:
+    with atomic.replacing(path, "wb") as handle:
         handle.write(flatbuffer)
-    os.replace(path + ".partial", path)
     return path
 
 

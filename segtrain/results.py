@@ -11,6 +11,8 @@ import json
 import math
 import os
 
+from segdata import atomic
+
 FILENAME = "metrics.json"
 SCORE_KEYS = ("dice", "per_class_dice", "mean_iou", "per_class_iou", "pixel_accuracy", "loss",
               "confusion_matrix")
@@ -38,9 +40,8 @@ def run_result(test_scores, backup, monitor, class_names, resumed_from_epoch):
 def write(run_dir, result):
     """Atomically: a reader never sees half a file."""
     path = os.path.join(run_dir, FILENAME)
-    with open(path + ".partial", "w") as handle:
+    with atomic.replacing(path) as handle:
         json.dump(result, handle, indent=2)
-    os.replace(path + ".partial", path)
     return path
 
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+from segdata import atomic
 from segtrain import results
 
 
@@ -111,11 +112,10 @@ def write_tables(rows, sweep_dir):
     if not rows:
         return
     columns = list(rows[0])
-    with open(os.path.join(sweep_dir, "results.csv.partial"), "w", newline="") as handle:
+    with atomic.replacing(os.path.join(sweep_dir, "results.csv"), newline="") as handle:
         writer = csv.DictWriter(handle, columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(os.path.join(sweep_dir, "results.csv.partial"), os.path.join(sweep_dir, "results.csv"))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row[c]) for c in columns) + " |")

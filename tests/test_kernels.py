@@ -46,11 +46,11 @@ def test_kernels_match_image_projective_transform(kernel, fill_mode, channels):
         key = tf.constant([seed, 1], tf.int64)
         matrix = (augment.resize_matrix(tf.constant([37, 45]), (30, 50))
                   @ augment.augmentation_matrix(key, config, (30, 50)))
-        expected_image = tf.cast(tf.round(augment.warp(
+        expected_image = tf.cast(tf.round(kernels.projective_warp(
             tf.cast(image[None], tf.float32), matrix[None], (30, 50), "BILINEAR", 0,
             fill_mode)), tf.int32)[0].numpy()
-        expected_mask = augment.warp(mask[None], matrix[None], (30, 50), "NEAREST", 255,
-                                     fill_mode)[0].numpy()
+        expected_mask = kernels.projective_warp(mask[None], matrix[None], (30, 50), "NEAREST",
+                                                255, fill_mode)[0].numpy()
         got_image, got_mask = _run(kernel, image, mask, augment.Draw(matrix=matrix), (30, 50),
                                    fill_mode)
         diff = np.abs(got_image.astype(int) - expected_image)

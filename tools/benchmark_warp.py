@@ -99,9 +99,9 @@ def main(argv):
             d = batched(d)
             if label == "affine":
                 op = lambda i, m, d=d: (  # noqa: E731
-                    tf.cast(tf.round(augment.warp(tf.cast(i, tf.float32), d.matrix, size,
-                                                  "BILINEAR")), tf.uint8),
-                    augment.warp(m, d.matrix, size, "NEAREST", 255))
+                    tf.cast(tf.round(kernels.projective_warp(
+                        tf.cast(i, tf.float32), d.matrix, size, "BILINEAR")), tf.uint8),
+                    kernels.projective_warp(m, d.matrix, size, "NEAREST", 255))
                 _row(f"{channels}ch {label}, ImageProjectiveTransformV3 x2", tf.function(op),
                      image, mask)
             for name, kernel in (("reference", kernels.reference), ("xla", kernels.xla)):

@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 
 import _bootstrap  # noqa: F401  (puts the project on sys.path)
+from segdata import atomic
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "RUN_DIR/model.keras or RUN_DIR/export (SavedModel).")
@@ -94,10 +95,9 @@ def figure(scores, path):
             matrix.text(j, i, f"{normalised[i, j]:.2f}", ha="center", va="center")
     matrix.set_title("confusion matrix (row-normalised)")
     fig.tight_layout()
-    temp = path + ".partial.png"
-    fig.savefig(temp, dpi=100)
+    with atomic.replacing(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=100)
     plt.close(fig)
-    os.replace(temp, path)
 
 
 def main(argv):
@@ -114,9 +114,8 @@ def main(argv):
         return 1
     output = FLAGS.output or os.path.join(os.path.dirname(os.path.abspath(FLAGS.model.rstrip("/"))),
                                           f"eval_{FLAGS.split}.json")
-    with open(output + ".partial", "w") as handle:
+    with atomic.replacing(output) as handle:
         json.dump(scores, handle, indent=2)
-    os.replace(output + ".partial", output)
     figure(scores, FLAGS.figure or os.path.splitext(output)[0] + ".png")
     print(f"{FLAGS.split}: dice={scores['dice']:.4f} mean_iou={scores['mean_iou']:.4f} "
           f"pixel_accuracy={scores['pixel_accuracy']:.4f} per_class_dice="
