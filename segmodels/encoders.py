@@ -33,14 +33,6 @@ ENCODERS = {
                        "top_activation"),
 }
 
-# what keras.applications.<family>.preprocess_input does, per mode (tests compare the two)
-PREPROCESS_FUNCTIONS = {
-    "resnet50": keras.applications.resnet50.preprocess_input,
-    "mobilenetv2": keras.applications.mobilenet_v2.preprocess_input,
-    "efficientnetb0": keras.applications.efficientnet.preprocess_input,
-}
-
-
 @keras.saving.register_keras_serializable(package="segflow")
 class EncoderPreprocess(keras.layers.Layer):
     """uint8 pixels -> what a keras.applications encoder expects, inside the model.
