@@ -260,6 +260,9 @@ def run():
         tf.config.experimental.enable_op_determinism()
     precision = distribute.choose_precision(FLAGS.mixed_precision)
     distribute.set_precision(precision)
+    slow = distribute.slow_precision_warning(precision)
+    if slow:
+        _log(f"warning: {slow}")
     _log(f"{distribute.describe(strategy)} precision={precision} model={FLAGS.model} "
          f"image_size={image_size} batch={FLAGS.batch_size} steps/epoch={steps} "
          f"num_classes={num_classes} data={data_dir}")

@@ -8,6 +8,8 @@ from absl import logging
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+# CPU features with bfloat16 arithmetic in hardware; without them oneDNN emulates it.
+NATIVE_BFLOAT16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def split_cpu(count):
@@ -65,6 +67,31 @@ def choose_precision(name):
         if capability and capability >= (7, 0):
             return "mixed_float16"
     return "float32"
+
+
+def cpu_has_native_bfloat16(cpuinfo_path="/proc/cpuinfo"):
+    """True / False from the CPU's feature flags; None where they cannot be read (not Linux)."""
+    try:
+        with open(cpuinfo_path) as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    features = set(line.partition(":")[2].split())
+                    return any(flag in features for flag in NATIVE_BFLOAT16_CPU_FLAGS)
+    except OSError:
+        return None
+    return None
+
+
+def slow_precision_warning(policy, cpuinfo_path="/proc/cpuinfo"):
+    """mixed_bfloat16 on a CPU that only emulates bfloat16 runs, yet several times slower than
+    float32 (BENCHMARKS.md §9): the warning that says so, or None."""
+    if policy != "mixed_bfloat16" or tf.config.list_physical_devices("GPU"):
+        return None
+    if cpu_has_native_bfloat16(cpuinfo_path) is not False:
+        return None
+    return ("--mixed_precision=mixed_bfloat16 on a CPU without bfloat16 hardware (none of "
+            f"{', '.join(NATIVE_BFLOAT16_CPU_FLAGS)} in {cpuinfo_path}): TensorFlow emulates it, "
+            "several times slower than float32; pass --mixed_precision=float32 on this machine")
 
 
 def set_precision(policy):

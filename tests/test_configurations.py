@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from conftest import ROOT
 from faults.helpers import backup_epoch, start, wait_until
+from segtrain import distribute
 
 EPOCHS, STEPS, PEAK_LR = 3, 24, 0.01
 COMMON = ["--image_size=32", "--base_filters=4", "--depth=2", "--batch_size=4", "--dropout=0",
@@ -144,6 +145,10 @@ def test_configuration(binary_records, tmp_path, replicas, precision, augment, s
     kept = kill_after_first_epoch(cmd, run_dir) if run == "resumed" else None
     stdout = run_to_end(cmd)
     assert f'"replicas": {replicas}' in stdout and f"precision={precision}" in stdout
+    if precision == "mixed_bfloat16":
+        # a user on a CPU without bfloat16 hardware is told; one with it is not
+        emulated = distribute.cpu_has_native_bfloat16() is False
+        assert ("without bfloat16 hardware" in stdout) == emulated, stdout[:2000]
     check_run(run_dir, stdout, schedule, kept, replicas, precision)
 
 
