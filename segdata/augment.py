@@ -235,7 +235,7 @@ def _gray(image):
 
 
 # Op by op this is four passes through a float32 copy three times the image's size
-_gray_xla = tf.function(_gray, jit_compile=True)
+_gray_xla = tf.function(_gray, jit_compile=True, autograph=False)
 
 
 def to_gray(image, xla=True):

@@ -334,11 +334,13 @@ def _xla(images, masks, sizes, draw, out_size, fill_mode="constant", mask_fill=2
 
 
 # One compile per (padded input shape, out_size, fill mode, set of draws); the host pads
-# frames to buckets so that datasets of many sizes compile a few times.
-_compiled = tf.function(_xla, jit_compile=True)
+# frames to buckets so that datasets of many sizes compile a few times. No AutoGraph: the
+# kernels have no tensor-dependent Python control flow to convert.
+_compiled = tf.function(_xla, jit_compile=True, autograph=False)
 # Its own cluster: fused into the resampling one, a gray -> RGB expansion made XLA compute
-# the resampling once per output channel (the full pipeline ran at 0.38x its speed)
-_expand = tf.function(lambda images: _with_channels(images, 3), jit_compile=True)
+# the resampling once per output channel
+_expand = tf.function(lambda images: _with_channels(images, 3), jit_compile=True,
+                      autograph=False)
 
 
 def xla(images, masks, sizes, draw, out_size, fill_mode="constant", mask_fill=255,

@@ -136,6 +136,9 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
             out["weight"] = tf.constant(1.0)
         return out
 
+    # Plain TF ops with no tensor-dependent Python control flow: AutoGraph would only rewrite
+    # the whole augmentation's source again in every process (BENCHMARKS.md §10)
+    transform = tf.autograph.experimental.do_not_convert(transform)
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if decode_late and skip_corrupt:
         dataset = dataset.ignore_errors(log_warning=True)

@@ -88,15 +88,18 @@ class Trainer:
             raise ValueError(f"--steps_per_loop={steps_per_loop}: must be >= 1")
         self.strategy, self.model, self.optimizer = strategy, model, optimizer
         self.loss_fn, self.num_classes, self.ignore_label = loss_fn, num_classes, ignore_label
-        self.preprocess = preprocess or _images_and_masks
+        self.preprocess = tf.autograph.experimental.do_not_convert(preprocess or _images_and_masks)
         self.steps_per_loop, self.jit_compile, self.freeze = steps_per_loop, jit_compile, freeze
         self._trace()
 
     def _trace(self):
-        """New tf.functions: a trace captures the trainable variables it saw."""
-        self._update = tf.function(self._replica_update, jit_compile=self.jit_compile)
+        """New tf.functions: a trace captures the trainable variables it saw. Only the loop
+        needs AutoGraph (its tf.range); converting the steps' model and loss code as well
+        only lengthens every start (BENCHMARKS.md §10)."""
+        self._update = tf.function(self._replica_update, jit_compile=self.jit_compile,
+                                   autograph=False)
         self._train_loop = tf.function(self._train_loop_fn)
-        self._eval_step = tf.function(self._eval_step_fn)
+        self._eval_step = tf.function(self._eval_step_fn, autograph=False)
 
     def _apply_freeze(self, epoch, log):
         if self.freeze is None:
