@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 work=${1:-/tmp/segflow_membrane}
 shift || true
 seeds=${*:-1 2 3}
+# The recipe's 10 minutes assume a CPU with bfloat16 hardware (BENCHMARKS.md §4, §10): say so
+# now rather than in a log read hours later
+TF_CPP_MIN_LOG_LEVEL=2 python -c 'import sys; from segtrain import distribute
+w = distribute.slow_precision_warning(sys.argv[1]); w and print("warning:", w)' \
+  "$(sed -n 's/^--mixed_precision=//p' recipes/membrane.flags)"
 python tools/prepare_dataset.py --input=../shared/data/membrane --output="$work/records" --overwrite
 for seed in $seeds; do
   rm -rf "$work/run_$seed"
