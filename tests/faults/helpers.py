@@ -64,7 +64,8 @@ def worker_pids(marker):
 
 
 def report(case, **figures):
-    """One line per fault with what it cost; `pytest tests/faults -s` shows them."""
+    """One line per fault with what it cost; `pytest tests/faults -s -n0` shows them (-n0:
+    in one process, whose output -s can show)."""
     print(f"\nFAULT COST {case}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
