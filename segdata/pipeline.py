@@ -92,7 +92,9 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
                    else augment.AugmentConfig(xla=augment_config.xla))
     # Decoded with the stored channels, given explicitly so the shape is static; gray records
     # wanted as RGB are augmented on one channel and expanded last
-    decode = lambda raw: records.decode(records.parse_raw(raw), stored_channels)  # noqa: E731
+    # (no AutoGraph, like `transform` below: plain TF ops)
+    decode = tf.autograph.experimental.do_not_convert(
+        lambda raw: records.decode(records.parse_raw(raw), stored_channels))
     # Without a cache, records are shuffled still encoded and decoded in the same map as the
     # augmentation: the shuffle buffer holds compressed bytes instead of decoded frames
     # (peak RSS 1093 -> 866 MB on the RGB benchmark set, same speed: BENCHMARKS.md §2).

@@ -84,7 +84,7 @@ def cpu_has_native_bfloat16(cpuinfo_path="/proc/cpuinfo"):
 
 def slow_precision_warning(policy, cpuinfo_path="/proc/cpuinfo"):
     """mixed_bfloat16 on a CPU that only emulates bfloat16 runs, yet several times slower than
-    float32 (BENCHMARKS.md §9): the warning that says so, or None."""
+    float32 (BENCHMARKS.md §10): the warning that says so, or None."""
     if policy != "mixed_bfloat16" or tf.config.list_physical_devices("GPU"):
         return None
     if cpu_has_native_bfloat16(cpuinfo_path) is not False:

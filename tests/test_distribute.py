@@ -11,8 +11,8 @@ ZEN3 = "flags\t\t: fpu vme sse sse2 avx fma avx2 sha_ni vaes vpclmulqdq\n"
 SKYLAKE_X = "flags\t\t: fpu sse sse2 avx avx2 avx512f avx512dq avx512cd avx512bw avx512vl\n"
 
 
-def cpuinfo(tmp_path, flags_line):
-    path = tmp_path / "cpuinfo"
+def cpuinfo(tmp_path, flags_line, name="cpuinfo"):
+    path = tmp_path / name
     path.write_text("processor\t: 0\nvendor_id\t: X\n" + flags_line + "bogomips\t: 4890\n")
     return str(path)
 
@@ -29,8 +29,7 @@ def test_unreadable_cpuinfo_means_unknown(tmp_path):
 
 @pytest.mark.skipif(bool(tf.config.list_physical_devices("GPU")), reason="CPU precision only")
 def test_only_emulated_bfloat16_is_warned_about(tmp_path):
-    emulated, native = cpuinfo(tmp_path, ZEN3), str(tmp_path / "spr")
-    open(native, "w").write(SAPPHIRE_RAPIDS)
+    emulated, native = cpuinfo(tmp_path, ZEN3), cpuinfo(tmp_path, SAPPHIRE_RAPIDS, "spr")
     warning = distribute.slow_precision_warning("mixed_bfloat16", emulated)
     assert "--mixed_precision=float32" in warning and emulated in warning
     assert distribute.slow_precision_warning("mixed_bfloat16", native) is None
