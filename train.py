@@ -149,7 +149,12 @@ SYNTHETIC_DEFAULTS = {
 
 # A backup holds these flags' model and optimizer: resuming with other values cannot work.
 RESUME_FLAGS = ("model", "encoder", "image_size", "channels", "base_filters", "depth",
-                "batch_norm", "fc_filters", "optimizer")
+                "batch_norm", "fc_filters", "optimizer", "freeze_encoder_epochs")
+# These fix a warm-up or decaying schedule's shape and length when a run starts: resuming
+# with other values would jump the learning rate (a cosine run extended from 2 to 4 epochs
+# would leap from ~0 back to half its peak).
+SCHEDULE_FLAGS = ("lr_schedule", "learning_rate", "warmup_epochs", "epochs", "steps_per_epoch",
+                  "batch_size")
 
 
 def _log(message):
@@ -183,14 +188,29 @@ def _check_run_folder(model_dir):
     if not (os.path.isdir(os.path.join(model_dir, "backup")) and os.path.isfile(flagfile)):
         return
     with open(flagfile) as handle:
-        changed = cli.changed_flags(handle.read(), {n: FLAGS[n].serialize() for n in RESUME_FLAGS},
-                                    RESUME_FLAGS)
+        previous = handle.read()
+    changed = cli.changed_flags(previous, {n: FLAGS[n].serialize() for n in RESUME_FLAGS},
+                                RESUME_FLAGS)
     if changed:
         raise ValueError(
             f"--model_dir={model_dir} holds a run started with "
             + ", ".join(f"{before} (now {now})" for _, before, now in changed)
             + f" ({flagfile}); its backup cannot resume with other model flags. Pass a new "
             "--model_dir, or the same flags to resume.")
+    was = cli.flag_lines(previous)
+    scheduled = any(line not in ("--lr_schedule=constant", None) for line in (
+        was.get("lr_schedule"), FLAGS["lr_schedule"].serialize())) or any(
+        float(line.partition("=")[2]) for line in (was.get("warmup_epochs", "--w=0"),
+                                                   FLAGS["warmup_epochs"].serialize()))
+    changed = cli.changed_flags(previous, {n: FLAGS[n].serialize() for n in SCHEDULE_FLAGS},
+                                SCHEDULE_FLAGS)
+    if scheduled and changed:
+        raise ValueError(
+            f"--model_dir={model_dir} holds a run started with "
+            + ", ".join(f"{before} (now {now})" for _, before, now in changed)
+            + f" ({flagfile}): a warm-up or decaying learning-rate schedule is fixed when a "
+            "run starts, and resuming with another would jump the learning rate. Resume with "
+            + " ".join(before for _, before, _ in changed) + ", or pass a new --model_dir.")
 
 
 def _write_flags(model_dir):
@@ -228,8 +248,7 @@ def _loss_fn(manifest):
     if FLAGS.class_weights == "manifest":
         weights = losses.class_weights_from_pixels(manifest["splits"]["train"]["class_pixels"])
         _log(f"class weights from the manifest: {[round(w, 3) for w in weights]}")
-    loss, ignore = segmodels.LOSSES[FLAGS.loss], manifest["ignore_label"]
-    return lambda y, logits: loss(y, logits, ignore, weights)
+    return segmodels.LOSSES[FLAGS.loss].bound(manifest["ignore_label"], weights)
 
 
 def run():
@@ -253,6 +272,9 @@ def run():
     manifest, steps = _check_data(data_dir, strategy.num_replicas_in_sync)
     num_classes, ignore = manifest["num_classes"], manifest["ignore_label"]
     channels = FLAGS.channels or manifest.get("channels", 3)
+    if FLAGS.monitor not in loop.MONITORS:
+        raise ValueError(f"--monitor={FLAGS.monitor}: not a value the loop logs; expected one "
+                         f"of {', '.join(loop.MONITORS)}")
     _check_run_folder(model_dir)
 
     keras.utils.set_random_seed(FLAGS.seed)
@@ -271,18 +293,30 @@ def run():
                                       **segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict()))
         rate = optim.learning_rate(FLAGS.learning_rate, FLAGS.lr_schedule, FLAGS.epochs * steps,
                                    int(FLAGS.warmup_epochs * steps))
+        # a frozen encoder's optimizer state starts when it unfreezes (FreshStartOptimizer)
+        late = model.get_layer("encoder").trainable_weights if FLAGS.freeze_encoder_epochs else ()
         optimizer = optim.build_optimizer(FLAGS.optimizer, rate, FLAGS.weight_decay,
-                                          loss_scale=precision == "mixed_float16")
+                                          loss_scale=precision == "mixed_float16",
+                                          fresh_start_variables=late)
         optimizer.build(model.trainable_variables)
 
-    # the run folder is written only now: bad flags and data have failed before this
+    backup_dir = os.path.join(model_dir, "backup")
+    backup = loop.Backup(backup_dir, model, optimizer, distribute.worker_dir(backup_dir, strategy),
+                         constant_learning_rate=rate if isinstance(rate, float) else None,
+                         precision=precision)
+    backup.load()
+    # the run folder is written only now: bad flags, data and backups have failed before this
     os.makedirs(model_dir, exist_ok=True)
     if is_chief:
         _write_flags(model_dir)
-    backup_dir = os.path.join(model_dir, "backup")
-    backup = loop.Backup(backup_dir, model, optimizer, distribute.worker_dir(backup_dir, strategy),
-                         constant_learning_rate=rate if isinstance(rate, float) else None)
     start_epoch = backup.latest_epoch()
+    trained_in = backup.saved_precision()
+    if start_epoch and trained_in and trained_in != precision:
+        scale = {"mixed_float16": "; its float16 loss scale is dropped"}.get(trained_in, "")
+        if precision == "mixed_float16":
+            scale = "; the float16 loss scale starts at its initial value"
+        _log(f"resuming a {trained_in} run in {precision}: the weights and the optimizer's "
+             f"step, moments and schedule position carry over{scale}")
     config = augment.AugmentConfig.from_flags(FLAGS)
     mask_fill = ignore if FLAGS.mask_fill < 0 else FLAGS.mask_fill
     options = dict(image_size=image_size, augment_config=config, resize=FLAGS.resize,

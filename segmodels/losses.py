@@ -7,7 +7,9 @@ Conventions (shared with the models and metrics):
   treated as two classes [background, foreground] so Dice is a mean over both,
   which keeps a minority background (e.g. membranes) from being ignored.
 Each loss returns one scalar for the batch: Dice is not a per-pixel sum, so it is
-computed over the whole (per-replica) batch.
+computed over the whole (per-replica) batch. Each is an `AdditiveLoss`, a function of
+sums over pixels, so a whole split's loss (validation, test) is computed from the
+split's summed sums and does not depend on the batch size or the replica count.
 """
 import keras
 from keras import ops
@@ -39,8 +41,8 @@ def class_log_probabilities(logits):
     return ops.log_softmax(logits, axis=-1)
 
 
-def per_class_soft_dice(y_true, logits, ignore_label=255, epsilon=EPSILON):
-    """Soft Dice per class over the batch; empty prediction on empty mask gives 1."""
+def _dice_sums(y_true, logits, ignore_label=255):
+    """Per-class soft intersections and denominators over the batch: [I_0..I_K-1, D_0..D_K-1]."""
     valid, labels = _valid_and_labels(y_true, ignore_label)
     probs = class_probabilities(logits)
     onehot = ops.one_hot(labels, probs.shape[-1], dtype="float32")
@@ -48,8 +50,13 @@ def per_class_soft_dice(y_true, logits, ignore_label=255, epsilon=EPSILON):
     probs, onehot = probs * valid, onehot * valid
     axes = (0, 1, 2)
     intersection = ops.sum(probs * onehot, axis=axes)
-    denominator = ops.sum(probs, axis=axes) + ops.sum(onehot, axis=axes)
-    return (2 * intersection + epsilon) / (denominator + epsilon)
+    return ops.concatenate([intersection, ops.sum(probs, axis=axes) + ops.sum(onehot, axis=axes)])
+
+
+def _per_class_dice_from_sums(sums, epsilon=EPSILON):
+    """Soft Dice per class; empty prediction on empty mask gives 1."""
+    classes = sums.shape[0] // 2
+    return (2 * sums[:classes] + epsilon) / (sums[classes:] + epsilon)
 
 
 def _weighted_mean(values, weights):
@@ -59,39 +66,64 @@ def _weighted_mean(values, weights):
     return ops.sum(values * weights) / ops.sum(weights)
 
 
-def dice_loss(y_true, logits, ignore_label=255, class_weights=None, epsilon=EPSILON):
-    return 1 - _weighted_mean(per_class_soft_dice(y_true, logits, ignore_label, epsilon),
-                              class_weights)
-
-
-def cross_entropy(y_true, logits, ignore_label=255, class_weights=None):
-    """Mean over non-ignored pixels of -log p(true class) (optionally class-weighted)."""
-    valid, labels = _valid_and_labels(y_true, ignore_label)
-    log_probs = class_log_probabilities(logits)
-    onehot = ops.one_hot(labels, log_probs.shape[-1], dtype="float32")
-    nll = -ops.sum(onehot * log_probs, axis=-1)
-    weight = valid
-    if class_weights is not None:
-        weight = weight * ops.sum(onehot * ops.convert_to_tensor(class_weights, "float32"), -1)
-    return ops.sum(nll * weight) / ops.maximum(ops.sum(weight), 1e-6)
-
-
-def focal(y_true, logits, ignore_label=255, class_weights=None, gamma=2.0):
-    """Focal loss (Lin et al.): CE scaled by (1 - p_true)^gamma, mean over valid pixels."""
+def _pixel_sums(y_true, logits, ignore_label, class_weights, per_pixel):
+    """[sum of weight * per_pixel(log p(true), onehot), sum of weight] over valid pixels."""
     valid, labels = _valid_and_labels(y_true, ignore_label)
     log_probs = class_log_probabilities(logits)
     onehot = ops.one_hot(labels, log_probs.shape[-1], dtype="float32")
     log_pt = ops.sum(onehot * log_probs, axis=-1)
-    loss = -((1 - ops.exp(log_pt)) ** gamma) * log_pt
     weight = valid
     if class_weights is not None:
         weight = weight * ops.sum(onehot * ops.convert_to_tensor(class_weights, "float32"), -1)
-    return ops.sum(loss * weight) / ops.maximum(ops.sum(weight), 1e-6)
+    return ops.stack([ops.sum(per_pixel(log_pt) * weight), ops.sum(weight)])
 
 
-def dice_ce(y_true, logits, ignore_label=255, class_weights=None):
-    return (dice_loss(y_true, logits, ignore_label, class_weights)
-            + cross_entropy(y_true, logits, ignore_label, class_weights))
+def _pixel_mean(sums, class_weights=None):
+    return sums[0] / ops.maximum(sums[1], 1e-6)
+
+
+def _focal_term(log_pt, gamma=2.0):
+    return -((1 - ops.exp(log_pt)) ** gamma) * log_pt
+
+
+class AdditiveLoss:
+    """A loss as a function of sums that add over pixels and batches: the loss of a batch is
+    `from_sums(sums(batch))`, the loss of a whole split `from_sums` of the batches' summed
+    `sums`, whatever the batch size or replica count (a mean of batch Dice losses is not)."""
+
+    def __init__(self, sums, from_sums):
+        self._sums, self._from_sums = sums, from_sums
+
+    def sums(self, y_true, logits, ignore_label=255, class_weights=None):
+        return self._sums(y_true, logits, ignore_label, class_weights)
+
+    def from_sums(self, sums, class_weights=None):
+        return self._from_sums(sums, class_weights)
+
+    def __call__(self, y_true, logits, ignore_label=255, class_weights=None):
+        return self.from_sums(self.sums(y_true, logits, ignore_label, class_weights),
+                              class_weights)
+
+    def bound(self, ignore_label=255, class_weights=None):
+        """This loss with a run's ignore label and class weights fixed: f(y_true, logits)."""
+        return AdditiveLoss(lambda y, logits, *_: self._sums(y, logits, ignore_label, class_weights),
+                            lambda sums, *_: self._from_sums(sums, class_weights))
+
+
+dice_loss = AdditiveLoss(
+    lambda y, logits, ignore, weights: _dice_sums(y, logits, ignore),
+    lambda sums, weights: 1 - _weighted_mean(_per_class_dice_from_sums(sums), weights))
+cross_entropy = AdditiveLoss(  # mean over valid pixels of -log p(true class)
+    lambda y, logits, ignore, weights: _pixel_sums(y, logits, ignore, weights, lambda lp: -lp),
+    _pixel_mean)
+focal = AdditiveLoss(  # Lin et al.: CE scaled by (1 - p_true)^2, mean over valid pixels
+    lambda y, logits, ignore, weights: _pixel_sums(y, logits, ignore, weights, _focal_term),
+    _pixel_mean)
+dice_ce = AdditiveLoss(
+    lambda y, logits, ignore, weights: ops.concatenate(
+        [dice_loss.sums(y, logits, ignore), cross_entropy.sums(y, logits, ignore, weights)]),
+    lambda sums, weights: dice_loss.from_sums(sums[:-2], weights)
+    + cross_entropy.from_sums(sums[-2:]))
 
 
 FUNCTIONS = {"dice": dice_loss, "ce": cross_entropy, "dice_ce": dice_ce, "focal": focal}

@@ -35,21 +35,29 @@ from segtrain import collapse
 from segtrain import progress as seg_progress
 
 
+# the logged values --monitor may name: each epoch's training and validation loss and scores
+MONITORS = tuple(prefix + name for prefix in ("val_", "")
+                 for name in ("loss", "dice", "mean_iou", "pixel_accuracy"))
+
+
 class NanLossError(RuntimeError):
     """Training produced a non-finite loss; the last good backup is kept."""
 
 
 class Watchdog:
-    """Ends the process with a clear message when no loop of steps finishes for `timeout_s`.
+    """Ends the process with a clear message when no step finishes for `timeout_s`.
 
     A dead peer in a collective, or a tf.data service whose worker died mid-pass, can
     block a step forever; a bounded, explained exit (the backup is kept, the same command
-    resumes) beats a silent hang that burns a cluster allocation.
+    resumes) beats a silent hang that burns a cluster allocation. `steps_done()` reads a
+    counter the training loop advances after every step inside its tf.function, so a loop
+    of many slow steps is not mistaken for a hang; evaluation beats once per batch.
     """
 
-    def __init__(self, timeout_s, backup_directory):
+    def __init__(self, timeout_s, backup_directory, steps_done=None):
         self.timeout_s, self.backup_directory = timeout_s, backup_directory
-        self.last = time.monotonic()
+        self.steps_done = steps_done
+        self.last, self.last_steps = time.monotonic(), None
         self.stopped = threading.Event()
         if timeout_s > 0:
             threading.Thread(target=self._watch, daemon=True).start()
@@ -61,7 +69,12 @@ class Watchdog:
         self.stopped.set()
 
     def _watch(self):
-        while not self.stopped.wait(1.0):
+        while not self.stopped.wait(min(1.0, self.timeout_s / 4)):
+            if self.steps_done is not None:
+                steps = self.steps_done()
+                if steps != self.last_steps:
+                    self.last_steps = steps
+                    self.beat()
             if time.monotonic() - self.last > self.timeout_s:
                 sys.stderr.write(
                     f"train.py: error: no training step finished in {self.timeout_s:.0f} s "
@@ -78,7 +91,9 @@ def _images_and_masks(batch):
 class Trainer:
     def __init__(self, strategy, model, optimizer, loss_fn, num_classes, ignore_label=255,
                  preprocess=None, jit_compile=False, steps_per_loop=1, freeze=None):
-        """loss_fn(y_true, logits) -> scalar mean over the per-replica batch.
+        """loss_fn: a segmodels.losses.AdditiveLoss bound to the run's ignore label and class
+        weights (`.bound()`): loss_fn(y_true, logits) -> scalar over the per-replica batch,
+        and its `sums`/`from_sums` give a split's loss in evaluate().
         preprocess(batch dict) -> (images, masks): per-replica work inside the step (device
         augmentation); default: the batch's "image" and "mask".
         freeze: (layer, epochs): `layer` is not trained for the first `epochs` epochs (a
@@ -90,6 +105,11 @@ class Trainer:
         self.loss_fn, self.num_classes, self.ignore_label = loss_fn, num_classes, ignore_label
         self.preprocess = tf.autograph.experimental.do_not_convert(preprocess or _images_and_masks)
         self.steps_per_loop, self.jit_compile, self.freeze = steps_per_loop, jit_compile, freeze
+        # steps finished, read by the watchdog while a loop runs; a host variable, so reading
+        # it never waits on an accelerator's queue
+        with tf.device("/cpu:0"):
+            self.steps_done = tf.Variable(0, dtype=tf.int64, trainable=False, name="steps_done")
+        self._heartbeat = lambda: None
         self._trace()
 
     def _trace(self):
@@ -142,6 +162,7 @@ class Trainer:
             loss, batch_cm = self.strategy.run(self._update, args=(images, masks))
             total += self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
             cm += self.strategy.reduce(tf.distribute.ReduceOp.SUM, batch_cm, axis=None)
+            self.steps_done.assign_add(1)
         return total, cm
 
     def train_loop(self, iterator, steps):
@@ -151,12 +172,8 @@ class Trainer:
     def _eval_step_fn(self, batch):
         def replica(batch):
             logits = self.model(batch["image"], training=False)
-            weight = batch.get("weight")
-            count = (tf.reduce_sum(weight) if weight is not None
-                     else tf.cast(tf.shape(batch["image"])[0], tf.float32))
-            loss = tf.cast(self.loss_fn(batch["mask"], logits), tf.float32)
-            return (tf.stack([loss * count, count]),
-                    self._confusion(batch["mask"], logits))
+            sums = tf.cast(self.loss_fn.sums(batch["mask"], logits), tf.float64)
+            return sums, self._confusion(batch["mask"], logits)
         sums, cm = self.strategy.run(replica, args=(batch,))
         reduce = tf.distribute.ReduceOp.SUM
         return (self.strategy.reduce(reduce, sums, axis=None),
@@ -166,20 +183,23 @@ class Trainer:
         """Loss and scores over a split, every example once, on every replica.
 
         `dataset`: a distributed dataset whose replicas all get the same number of
-        batches (pipeline.make_dataset(..., pad_batches=True)); padding has weight 0 and
-        an all-ignore mask, so it adds nothing. The loss is the example-weighted mean of
-        the batches' losses; the scores come from the one summed confusion matrix.
+        batches (pipeline.make_dataset(..., pad_batches=True)); padding has an all-ignore
+        mask, so it adds nothing. The loss is the split's: computed from the loss's sums
+        (e.g. Dice's per-class intersections) over every batch of every replica, like the
+        scores from the one summed confusion matrix, so neither depends on the batch size
+        or the replica count.
         """
-        sums = tf.zeros([2], tf.float32)
-        cm = tf.zeros((self.num_classes, self.num_classes), tf.float64)
+        sums, cm = None, tf.zeros((self.num_classes, self.num_classes), tf.float64)
         for batch in dataset:
             # no host read per batch: eager adds queue behind the device's work
             batch_sums, batch_cm = self._eval_step(batch)
-            sums, cm = sums + batch_sums, cm + batch_cm
-        loss_sum, count = (float(v) for v in sums.numpy())
+            sums = batch_sums if sums is None else sums + batch_sums
+            cm = cm + batch_cm
+            self._heartbeat()
         cm = cm.numpy()
         result = scores(cm)
-        result["loss"] = loss_sum / max(count, 1.0)
+        result["loss"] = (float(self.loss_fn.from_sums(tf.cast(sums, tf.float32)))
+                          if sums is not None else math.nan)
         result["confusion_matrix"] = cm.tolist()
         return result
 
@@ -191,12 +211,15 @@ class Trainer:
 
         progress(epoch, epochs, steps, batch_size) -> an EpochProgress-like object, or None.
         """
-        watchdog = Watchdog(step_timeout_s, backup.directory)
+        watchdog = Watchdog(step_timeout_s, backup.directory,
+                            lambda: int(self.steps_done.numpy()))
+        self._heartbeat = watchdog.beat
         try:
             return self._fit(train_dataset, val_dataset, epochs, steps_per_epoch, callbacks,
                              backup, log, watchdog, progress, batch_size, class_names)
         finally:
             watchdog.stop()
+            self._heartbeat = lambda: None
 
     def _fit(self, train_dataset, val_dataset, epochs, steps_per_epoch, callbacks, backup, log,
              watchdog, progress, batch_size, class_names):
@@ -271,13 +294,20 @@ def scores(cm):
 class Backup:
     """Model + optimizer + progress + callback state in RUN_DIR/backup (CheckpointManager).
 
+    The optimizer is saved without its float16 loss-scale wrapper: its step, moments and
+    schedule position are the same variables in every precision, so a run resumes in
+    another precision (a GPU job resumed on a CPU or a bfloat16 host). The loss scale is
+    saved beside it and restored when both runs use float16. A restore must fill every
+    variable of the model and optimizer, or it fails: never a silent optimizer reset.
+
     `constant_learning_rate`: the run's learning rate when it is a constant. It comes from
     the command line, not the backup, so a user who resumes with a new --learning_rate gets
     it; a schedule is a function of the restored step and needs nothing.
+    `precision`: the run's precision policy, saved so a resume can say what changed.
     """
 
     def __init__(self, directory, model, optimizer, write_directory=None,
-                 constant_learning_rate=None):
+                 constant_learning_rate=None, precision=""):
         self.directory = directory
         self.optimizer = optimizer
         self.constant_learning_rate = constant_learning_rate
@@ -294,11 +324,22 @@ class Backup:
                                           trainable=False, name="recent_classes")
         self.collapse_warning = tf.Variable("", dtype=tf.string, trainable=False,
                                             name="collapse_warning")
-        self.checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=optimizer, epoch=self.epoch, finished=self.done,
+        self.precision = tf.Variable(precision, dtype=tf.string, trainable=False,
+                                     name="precision")
+        self.base_optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+        self.loss_scale = None
+        if self.base_optimizer is not optimizer:
+            self.loss_scale = tf.train.Checkpoint(dynamic_scale=optimizer.dynamic_scale,
+                                                  step_counter=optimizer.step_counter)
+        self.children = dict(
+            model=model, optimizer=self.base_optimizer, epoch=self.epoch, finished=self.done,
             es_wait=self.wait, best=self.best, best_epoch=self.best_epoch,
             recent_losses=self.recent_losses, recent_classes=self.recent_classes,
-            collapse_warning=self.collapse_warning)
+            collapse_warning=self.collapse_warning, precision=self.precision)
+        if self.loss_scale is not None:
+            self.children["loss_scale"] = self.loss_scale
+        self.checkpoint = tf.train.Checkpoint(**self.children)
+        self._loaded = False
         self.read_manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
         self.write_manager = (self.read_manager if not write_directory or write_directory == directory
                               else tf.train.CheckpointManager(self.checkpoint, write_directory,
@@ -308,20 +349,61 @@ class Backup:
     def finished(self):
         return bool(self.done.numpy())
 
-    def latest_epoch(self):
-        """Finished epochs in the newest backup (0 without one), read without restoring."""
+    def _saved(self, name):
+        """A scalar of the newest backup, read without restoring (None: no backup or no such
+        value, as in backups written before it existed)."""
         latest = self.read_manager.latest_checkpoint
-        if not latest:
-            return 0
-        return int(tf.train.load_variable(latest, "epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+        key = f"{name}/.ATTRIBUTES/VARIABLE_VALUE"
+        if not latest or key not in dict(tf.train.list_variables(latest)):
+            return None
+        return tf.train.load_variable(latest, key)
 
-    def restore(self, callbacks):
+    def latest_epoch(self):
+        """Finished epochs in the newest backup (0 without one)."""
+        return int(self._saved("epoch") or 0)
+
+    def saved_precision(self):
+        """The precision policy the newest backup was trained in, or None if unknown."""
+        value = self._saved("precision")
+        return value.decode() if value else None
+
+    def load(self):
+        """Restores the newest backup's model, optimizer and progress (once; False without
+        a backup). A backup that cannot fill this run's variables is a ValueError naming
+        what to pass, before anything of the run folder is written."""
         latest = self.read_manager.latest_checkpoint
-        if not latest:
-            return 0
-        self.checkpoint.restore(latest).expect_partial()
+        if not latest or self._loaded:
+            return bool(latest)
+        saved = {name for name, _ in tf.train.list_variables(latest)}
+        children = dict(self.children)
+        if not any(name.startswith("loss_scale/") for name in saved):
+            children.pop("loss_scale", None)  # float16 after another precision: a new scale
+        children.pop("precision")  # read by saved_precision(); this run saves its own
+        if any(name.startswith("optimizer/inner_optimizer/") for name in saved):
+            # written before the wrapper was left out: the optimizer is one level down
+            wrapper = {"inner_optimizer": self.base_optimizer}
+            if self.loss_scale is not None:
+                wrapper.update(dynamic_scale=self.optimizer.dynamic_scale,
+                               step_counter=self.optimizer.step_counter)
+            children["optimizer"] = tf.train.Checkpoint(**wrapper)
+            children.pop("loss_scale", None)
+        try:
+            tf.train.Checkpoint(**children).restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as err:
+            raise ValueError(
+                f"{latest} does not hold every variable of this run's model and optimizer "
+                f"({str(err).splitlines()[0][:200]}); resume with the flags in "
+                f"{os.path.dirname(self.directory)}/flags.txt, or pass a new --model_dir") from None
         if self.constant_learning_rate is not None:
             self.optimizer.learning_rate = self.constant_learning_rate
+        self._loaded = True
+        return True
+
+    def restore(self, callbacks):
+        """load(), then the early-stopping and best-model state into `callbacks`; returns
+        the finished epochs."""
+        if not self.load():
+            return 0
         best = float(self.best.numpy())
         for callback in callbacks.callbacks:
             if isinstance(callback, keras.callbacks.EarlyStopping):
