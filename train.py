@@ -41,7 +41,8 @@ flags.DEFINE_enum("strategy", "auto", distribute.STRATEGIES,
                   "auto: MirroredStrategy over all GPUs when >1, else the default strategy. "
                   "multi_worker: cluster from TF_CONFIG or SLURM.")
 flags.DEFINE_enum("mixed_precision", "auto", distribute.PRECISIONS,
-                  "auto: mixed_float16 on GPUs with compute capability >= 7.0, else float32.")
+                  "auto: mixed_bfloat16 on GPUs with compute capability >= 8.0, mixed_float16 "
+                  "on 7.x, else float32.")
 flags.DEFINE_integer("seed", 42, "Seed for weights, shuffling and augmentation.")
 # Other flags.
 flags.DEFINE_integer("num_classes", 0, "Classes; 0 takes the manifest's (a mismatch is an error).")
@@ -328,7 +329,8 @@ def run():
         dataset = pipeline.make_dataset(
             data_dir, "train", per_replica, seed=FLAGS.seed + 7919 * context.input_pipeline_id,
             input_context=context, augment_on=FLAGS.augment_on,
-            start_index=start_epoch * steps * per_replica, **options)
+            start_index=start_epoch * steps * per_replica, on_service=bool(FLAGS.data_service),
+            **options)
         if FLAGS.data_service:
             # decode + augment run on the service workers (sharding: see segdata/service.py)
             from segdata import service

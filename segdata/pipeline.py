@@ -23,12 +23,21 @@ from segdata import augment, records
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _sharded_files(files, input_context, shuffle, seed, by_data):
-    """FILE sharding when every input pipeline gets >= 1 shard (and `by_data` is False),
-    else DATA (see below)."""
+def _even_file_shards(counts, pipelines):
+    """True when every-n-th-file sharding gives each pipeline as many files and examples:
+    otherwise a pipeline with less would start its next pass inside an epoch (3 shards on
+    2 workers: one worker reads its one shard twice while the other reads two once)."""
+    if len(counts) < pipelines or len(counts) % pipelines:
+        return False
+    return len({sum(counts[i::pipelines]) for i in range(pipelines)}) == 1
+
+
+def _sharded_files(files, counts, input_context, shuffle, seed, by_data):
+    """FILE sharding when the shards divide evenly over the input pipelines (and `by_data`
+    is False), else DATA (see below)."""
     dataset = tf.data.Dataset.from_tensor_slices(files)
     by_file = (input_context is not None and not by_data
-               and len(files) >= input_context.num_input_pipelines)
+               and _even_file_shards(counts, input_context.num_input_pipelines))
     if by_file:
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if shuffle:
@@ -40,7 +49,7 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
                  shuffle=None, seed=0, repeat=None, cache=False, deterministic=None,
                  input_context=None, resize="stretch", channels=0, mask_fill=255,
                  shuffle_buffer=256, augment_on="host", with_ids=False, start_index=0,
-                 verify=False, skip_corrupt=False, pad_batches=False):
+                 skip_corrupt=False, pad_batches=False, on_service=False):
     """Batches (dicts, see above) from a records folder.
 
     Training defaults (split == "train"): shuffle, repeat, augment, drop the last
@@ -50,12 +59,15 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     `augment_on="device"` leaves only decode + resize here and yields each example's
     seed as a third element for `augment.augment_batch` inside the train step.
     `start_index` offsets the per-example seeds (a resumed run continues the stream).
-    `verify` checks every shard's sha256 first (names a corrupt file before training);
     `skip_corrupt` drops unreadable records with a logged warning instead of failing.
     `pad_batches` (evaluation under a strategy): each input pipeline reads every n-th example
     and then padding (mask all `mask_fill`, weight 0) up to ceil(examples / global batch)
     batches per replica, so every replica runs the same number of steps (a collective never
     waits for a replica that ran out) and every example still counts exactly once.
+    `on_service`: the pipeline runs on tf.data service workers, each counting its own
+    examples; the seeds' first part is then a random number drawn once per worker instead
+    of `seed`, so no two workers give an example the same seed (the service's order is not
+    reproducible anyway).
     """
     training = split == "train"
     shuffle = training if shuffle is None else shuffle
@@ -68,14 +80,16 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         raise ValueError(f"augment_on={augment_on!r}: expected host or device")
 
     manifest = records.load_manifest(records_dir)
-    files = records.list_shards(records_dir, split, manifest, verify=verify)
+    files = records.list_shards(records_dir, split, manifest)
     if not files:
         raise records.RecordsError(f"{records_dir}: split {split!r} has no examples")
     compression = records.compression_of(manifest)
 
     if pad_batches and repeat:
         raise ValueError("pad_batches is for a single pass (evaluation): pass repeat=False")
-    dataset, by_file = _sharded_files(files, input_context, shuffle, seed, by_data=pad_batches)
+    counts = [shard["count"] for shard in manifest["splits"][split]["shards"]]
+    dataset, by_file = _sharded_files(files, counts, input_context, shuffle, seed,
+                                      by_data=pad_batches)
     dataset = dataset.interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
         cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE,
@@ -110,6 +124,13 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.enumerate(start=start_index)
+    if on_service:
+        # seed=seed2=0: a random seed per op instance, i.e. per service worker, whatever the
+        # global seed (tf.random.* would take one from it, the same on every worker)
+        nonce = tf.data.Dataset.from_tensors(0).map(lambda _: tf.raw_ops.RandomUniformInt(
+            shape=[], minval=tf.constant(0, tf.int64), maxval=tf.constant(2**62, tf.int64),
+            seed=0, seed2=0)).cache().repeat()
+        dataset = tf.data.Dataset.zip(dataset, nonce)
 
     # RGB records asked for as gray: grey levels are a weighted sum of the channels, which
     # warps and brightness/contrast commute with (up to rounding, and clipping at 0/255,
@@ -118,12 +139,13 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     gray_first = stored_channels == 3 and want_channels == 1 and not (
         host_config.saturation or host_config.hue)
 
-    def transform(index, example):
+    def transform(index, example, worker_seed=None):
         if decode_late:
             example = decode(example)
         image = augment.to_gray(example["image"], host_config.xla) if gray_first \
             else example["image"]
-        example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        first = tf.constant(seed, tf.int64) if worker_seed is None else worker_seed
+        example_seed = tf.stack([first, index])
         image, mask = augment.augment_example(
             image, example["mask"], example_seed, out_size, host_config, resize,
             training=training, mask_fill=mask_fill, channels=want_channels)
@@ -140,7 +162,9 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
 
     # Plain TF ops with no tensor-dependent Python control flow: AutoGraph would only rewrite
     # the whole augmentation's source again in every process (BENCHMARKS.md §10)
-    transform = tf.autograph.experimental.do_not_convert(transform)
+    transform = tf.autograph.experimental.do_not_convert(
+        (lambda indexed, worker_seed: transform(*indexed, worker_seed)) if on_service
+        else transform)
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if decode_late and skip_corrupt:
         dataset = dataset.ignore_errors(log_warning=True)

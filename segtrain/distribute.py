@@ -56,17 +56,24 @@ def make_strategy(name, logical_cpus=0):
     return tf.distribute.get_strategy()
 
 
-def choose_precision(name):
-    """auto: mixed_float16 on GPUs with compute capability >= 7.0 (tensor cores), else float32."""
+def choose_precision(name, capabilities=None):
+    """auto: the weakest GPU decides: compute capability >= 8.0 (A100, H100) mixed_bfloat16,
+    as fast as float16 there (BENCHMARKS.md §3) with no loss scaling and no skipped steps;
+    7.x (V100, T4) mixed_float16 (tensor cores, no bfloat16); otherwise float32.
+    `capabilities`: [(major, minor)] of the GPUs, default read from TensorFlow."""
     if name not in PRECISIONS:
         raise ValueError(f"--mixed_precision={name!r}: expected one of {PRECISIONS}")
     if name != "auto":
         return name
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if capability and capability >= (7, 0):
-            return "mixed_float16"
-    return "float32"
+    if capabilities is None:
+        capabilities = [tf.config.experimental.get_device_details(gpu).get("compute_capability")
+                        for gpu in tf.config.list_physical_devices("GPU")]
+    if not capabilities or None in capabilities:
+        return "float32"
+    weakest = min(tuple(c) for c in capabilities)
+    if weakest >= (8, 0):
+        return "mixed_bfloat16"
+    return "mixed_float16" if weakest >= (7, 0) else "float32"
 
 
 def cpu_has_native_bfloat16(cpuinfo_path="/proc/cpuinfo"):

@@ -28,16 +28,13 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT
-from faults.helpers import backup_epoch, start, wait_until
+from harness import ROOT, backup_epoch, python, run, start, wait_until
 from segtrain import distribute
 
 EPOCHS, STEPS, PEAK_LR = 3, 24, 0.01
@@ -75,12 +72,6 @@ def cell_flags(replicas, precision, augment, schedule):
     if schedule == "cosine":
         flags += ["--lr_schedule=cosine", "--warmup_epochs=1"]
     return flags
-
-
-def run_to_end(cmd, timeout=300):
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 def kill_after_first_epoch(cmd, run_dir, timeout=240):
@@ -140,10 +131,10 @@ def test_cells_cover_every_pair():
                          ids=["-".join(map(str, cell)) for cell in CELLS])
 def test_configuration(binary_records, tmp_path, replicas, precision, augment, schedule, run):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
-           f"--model_dir={run_dir}", *COMMON, *cell_flags(replicas, precision, augment, schedule)]
+    cmd = python(os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
+                 f"--model_dir={run_dir}", *COMMON, *cell_flags(replicas, precision, augment, schedule))
     kept = kill_after_first_epoch(cmd, run_dir) if run == "resumed" else None
-    stdout = run_to_end(cmd)
+    stdout = run(cmd).stdout
     assert f'"replicas": {replicas}' in stdout and f"precision={precision}" in stdout
     if precision == "mixed_bfloat16":
         # a user on a CPU without bfloat16 hardware is told; one with it is not
@@ -154,12 +145,12 @@ def test_configuration(binary_records, tmp_path, replicas, precision, augment, s
 
 def test_two_workers_mixed_bfloat16_killed_and_resumed(binary_records, tmp_path):
     run_dir = tmp_path / "mw"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "launch_local.py"), "--workers=2",
-           "--grace_s=5", "--", f"--data_dir={binary_records}", f"--model_dir={run_dir}",
-           *COMMON, "--mixed_precision=mixed_bfloat16", "--aug_rotation=10",
-           "--progress_interval_s=0"]
+    cmd = python(os.path.join(ROOT, "tools", "launch_local.py"), "--workers=2",
+                 "--grace_s=5", "--", f"--data_dir={binary_records}", f"--model_dir={run_dir}",
+                 *COMMON, "--mixed_precision=mixed_bfloat16", "--aug_rotation=10",
+                 "--progress_interval_s=0")
     kept = kill_after_first_epoch(cmd, run_dir)
-    stdout = run_to_end(cmd, timeout=400)
+    stdout = run(cmd, timeout=400).stdout
     assert "exit codes: [0, 0]" in stdout and '"replicas": 2' in stdout
     check_run(run_dir, stdout, "constant", kept, precision="mixed_bfloat16")
     # only the chief prints progress and writes files

@@ -10,29 +10,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from harness import TOOLS, tool, train
 from segdata import records
 from segtrain import submit
-
-TOOLS = os.path.join(ROOT, "tools")
-
-
-def tool(name, *args, timeout=300, check=True):
-    result = subprocess.run([sys.executable, os.path.join(TOOLS, name), *args],
-                            capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
 
 @pytest.fixture(scope="module")
 def trained_run(binary_records, tmp_path_factory):
     run = tmp_path_factory.mktemp("tools") / "run"
-    subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
-                    f"--model_dir={run}", "--image_size=32", "--base_filters=4", "--depth=2",
-                    "--batch_size=4", "--epochs=3", "--steps_per_epoch=5", "--learning_rate=0.01",
-                    "--dropout=0", "--mixed_precision=float32"], check=True, capture_output=True,
-                   timeout=300)
+    train(binary_records, run, "--epochs=3", "--steps_per_epoch=5")
     return run
 
 

@@ -3,29 +3,16 @@ import csv
 import json
 import os
 import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import MEMBRANE, ROOT
+from conftest import MEMBRANE
+from harness import ROOT, tool, train, train_cmd
 from segdata import records
 from segtrain.callbacks import monitor_mode
-
-TINY = ["--image_size=32", "--base_filters=4", "--depth=2", "--batch_size=4", "--dropout=0",
-        "--mixed_precision=float32", "--learning_rate=0.01"]
-
-
-def train(records, run_dir, *extra, timeout=300, check=True):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={records}",
-           f"--model_dir={run_dir}"] + TINY + list(extra)
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
 
 def _test_split_confusion(model, records_dir, size):
     """The test split scored by numpy: stretch-resized as the pipeline does, np.add.at."""
@@ -155,9 +142,8 @@ def test_progress_bar_on_a_terminal(binary_records, tmp_path):
     outputs = {}
     for name, extra in (("bar", []),):
         leader, follower = pty.openpty()
-        cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
-               f"--model_dir={tmp_path / name}", *TINY, "--epochs=1", "--steps_per_epoch=20",
-               "--steps_per_loop=5", "--export=false", *extra]
+        cmd = train_cmd(binary_records, tmp_path / name, "--epochs=1", "--steps_per_epoch=20",
+                        "--steps_per_loop=5", "--export=false", *extra)
         proc = subprocess.Popen(cmd, stdout=follower, stderr=subprocess.DEVNULL)
         os.close(follower)
         chunks = []
@@ -207,9 +193,7 @@ def test_monitor_mode_derivation():
       "--data_dir=/nonexistent/records"], "manifest"),
 ])
 def test_bad_flags_one_clear_line(binary_records, tmp_path, extra, message):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
-           f"--model_dir={tmp_path / 'bad'}"] + TINY + extra
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    result = train(binary_records, tmp_path / "bad", *extra, timeout=120, check=False)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert message in result.stderr
@@ -248,18 +232,13 @@ def test_membrane_acceptance(tmp_path):
     42 and 1, 2 cores).
     """
     records = tmp_path / "mem"
-    subprocess.run([sys.executable, os.path.join(ROOT, "tools", "prepare_dataset.py"),
-                    f"--input={MEMBRANE}", f"--output={records}"], check=True,
-                   capture_output=True, timeout=300)
-    run = tmp_path / "run"
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--data_dir={records}",
-           f"--model_dir={run}", "--image_size=192", "--base_filters=8", "--depth=4",
-           "--batch_size=4", "--epochs=10", "--steps_per_epoch=10", "--learning_rate=2e-3",
-           "--loss=ce", "--aug_vflip", "--dropout=0", "--patience=20", "--cache",
-           "--mixed_precision=float32", "--export=false"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    metrics = json.loads((run / "metrics.json").read_text())
+    tool("prepare_dataset.py", f"--input={MEMBRANE}", f"--output={records}")
+    run_dir = tmp_path / "run"
+    train(records, run_dir, "--image_size=192", "--base_filters=8", "--depth=4",
+          "--batch_size=4", "--epochs=10", "--steps_per_epoch=10", "--learning_rate=2e-3",
+          "--loss=ce", "--aug_vflip", "--dropout=0", "--patience=20", "--cache",
+          "--mixed_precision=float32", "--export=false", timeout=900)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     membrane_dice = metrics["per_class_dice"][0]
     assert membrane_dice > 0.45, metrics
     assert metrics["mean_iou"] > 0.5, metrics

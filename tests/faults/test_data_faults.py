@@ -56,7 +56,7 @@ def test_damaged_records_name_the_file(binary_records, tmp_path, damage):
     Kept: nothing is written to the run folder but flags.txt."""
     bad = _copy(binary_records, tmp_path, "bad")
     damage(bad)
-    result = subprocess.run(train_cmd(bad, tmp_path / "run", "--epochs=1", "--steps_per_epoch=1"),
+    result = subprocess.run(train_cmd(bad, tmp_path / "run", "--export=false", "--epochs=1", "--steps_per_epoch=1"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "train-00000-of-00001.tfrecord" in result.stderr and "Traceback" not in result.stderr
@@ -82,7 +82,7 @@ def test_skip_corrupt_trains_on_and_counts(binary_records, tmp_path):
     bad = _copy(binary_records, tmp_path, "bad")
     flipped_at = len(_shard(bad).read_bytes()) // 2
     _flip_byte(bad)
-    result = subprocess.run(train_cmd(bad, tmp_path / "run", "--epochs=1", "--steps_per_epoch=2",
+    result = subprocess.run(train_cmd(bad, tmp_path / "run", "--export=false", "--epochs=1", "--steps_per_epoch=2",
                                       "--skip_corrupt"), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "1 corrupt shard(s)" in result.stdout
@@ -263,7 +263,7 @@ def test_data_service_each_example_once_and_training(binary_records, tmp_path, d
                                                        repeat=False, with_ids=True), address)
     ids = [i.decode() for batch in dataset for i in batch["id"].numpy()]
     assert sorted(ids) == sorted(e["id"] for e in records.read_split(binary_records, "train"))
-    result = subprocess.run(train_cmd(binary_records, tmp_path / "run", "--epochs=2",
+    result = subprocess.run(train_cmd(binary_records, tmp_path / "run", "--export=false", "--epochs=2",
                                       "--steps_per_epoch=4", f"--data_service={address}"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -279,7 +279,7 @@ def test_sigkill_data_service_worker(binary_records, tmp_path, data_service):
     Kept: the run, whole; the examples of the lost splits are skipped once."""
     address, workers = data_service.address, data_service.workers
     run = tmp_path / "run"
-    cmd = train_cmd(binary_records, run, "--epochs=4", "--steps_per_epoch=14",
+    cmd = train_cmd(binary_records, run, "--export=false", "--epochs=4", "--steps_per_epoch=14",
                     f"--data_service={address}", "--patience=10", "--step_timeout_s=60")
     proc = start(cmd)
     from helpers import backup_epoch

@@ -16,7 +16,7 @@ def test_sigkill_single_process_mid_epoch_resumes(binary_records, tmp_path):
     User sees: the rerun of the same command logs "resumed from backup: 1 epoch(s)".
     Kept: epochs finished before the kill, best.keras (loadable), log.csv continues."""
     run = tmp_path / "run"
-    cmd = train_cmd(binary_records, run, "--epochs=3", "--steps_per_epoch=40", "--patience=10")
+    cmd = train_cmd(binary_records, run, "--export=false", "--epochs=3", "--steps_per_epoch=40", "--patience=10")
     proc = start(cmd)
     assert wait_until(lambda: backup_epoch(run) >= 1, 180, proc)
     time.sleep(0.3)  # into epoch 2
@@ -43,10 +43,10 @@ def test_nan_loss_stops_and_keeps_last_good_backup(binary_records, tmp_path):
     Kept: the epoch-1 backup and best.keras; no metrics.json from the broken run."""
     run = tmp_path / "nan"
     # CE, not Dice: a saturated Dice has zero gradients, CE on huge logits does not
-    subprocess.run(train_cmd(binary_records, run, "--epochs=1", "--steps_per_epoch=2", "--loss=ce"),
+    subprocess.run(train_cmd(binary_records, run, "--export=false", "--epochs=1", "--steps_per_epoch=2", "--loss=ce"),
                    check=True, capture_output=True, timeout=300)
     os.remove(run / "metrics.json")
-    result = subprocess.run(train_cmd(binary_records, run, "--epochs=3", "--steps_per_epoch=5",
+    result = subprocess.run(train_cmd(binary_records, run, "--export=false", "--epochs=3", "--steps_per_epoch=5",
                                       "--learning_rate=1e30", "--loss=ce"),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1, result.stdout[-3000:]
@@ -65,7 +65,7 @@ def test_sigkill_one_of_two_workers(binary_records, tmp_path):
     Kept: the chief's epoch backups and best.keras."""
     run = tmp_path / "mw"
     launch = python(os.path.join(ROOT, "tools", "launch_local.py"), "--workers=2", "--grace_s=10",
-                    "--", *train_cmd(binary_records, run, "--epochs=3", "--steps_per_epoch=60",
+                    "--", *train_cmd(binary_records, run, "--export=false", "--epochs=3", "--steps_per_epoch=60",
                                      "--patience=10")[2:])
     proc = start(launch)
     assert wait_until(lambda: backup_epoch(run) >= 1, 240, proc)
