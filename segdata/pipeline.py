@@ -65,8 +65,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     batches per replica, so every replica runs the same number of steps (a collective never
     waits for a replica that ran out) and every example still counts exactly once.
     `on_service`: the pipeline runs on tf.data service workers, each counting its own
-    examples; the seeds' first part is then a random number drawn once per worker instead
-    of `seed`, so no two workers give an example the same seed (the service's order is not
+    examples; the seeds' first part is then a random number drawn per example instead of
+    `seed`, so no two workers give an example the same seed (the service's order is not
     reproducible anyway).
     """
     training = split == "train"
@@ -124,13 +124,6 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.enumerate(start=start_index)
-    if on_service:
-        # seed=seed2=0: a random seed per op instance, i.e. per service worker, whatever the
-        # global seed (tf.random.* would take one from it, the same on every worker)
-        nonce = tf.data.Dataset.from_tensors(0).map(lambda _: tf.raw_ops.RandomUniformInt(
-            shape=[], minval=tf.constant(0, tf.int64), maxval=tf.constant(2**62, tf.int64),
-            seed=0, seed2=0)).cache().repeat()
-        dataset = tf.data.Dataset.zip(dataset, nonce)
 
     # RGB records asked for as gray: grey levels are a weighted sum of the channels, which
     # warps and brightness/contrast commute with (up to rounding, and clipping at 0/255,
@@ -139,12 +132,18 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     gray_first = stored_channels == 3 and want_channels == 1 and not (
         host_config.saturation or host_config.hue)
 
-    def transform(index, example, worker_seed=None):
+    def transform(index, example):
         if decode_late:
             example = decode(example)
         image = augment.to_gray(example["image"], host_config.xla) if gray_first \
             else example["image"]
-        first = tf.constant(seed, tf.int64) if worker_seed is None else worker_seed
+        # on the service, seed=seed2=0 seeds the op at random per instance, i.e. per worker,
+        # whatever the global seed (tf.random.* would take one from it: the same everywhere);
+        # a second source for a per-worker constant would be split by DYNAMIC sharding too
+        first = tf.raw_ops.RandomUniformInt(
+            shape=tf.constant([], tf.int32), minval=tf.constant(0, tf.int64),
+            maxval=tf.constant(2**62, tf.int64), seed=0, seed2=0) if on_service \
+            else tf.constant(seed, tf.int64)
         example_seed = tf.stack([first, index])
         image, mask = augment.augment_example(
             image, example["mask"], example_seed, out_size, host_config, resize,
@@ -162,9 +161,7 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
 
     # Plain TF ops with no tensor-dependent Python control flow: AutoGraph would only rewrite
     # the whole augmentation's source again in every process (BENCHMARKS.md §10)
-    transform = tf.autograph.experimental.do_not_convert(
-        (lambda indexed, worker_seed: transform(*indexed, worker_seed)) if on_service
-        else transform)
+    transform = tf.autograph.experimental.do_not_convert(transform)
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     if decode_late and skip_corrupt:
         dataset = dataset.ignore_errors(log_warning=True)

@@ -39,16 +39,19 @@ class EncoderPreprocess(keras.layers.Layer):
 
     mode "caffe": RGB -> BGR, minus the ImageNet channel means (ResNet50); "tf": scaled to
     [-1, 1] (MobileNetV2); "none": float pixels 0..255 (EfficientNet normalises itself).
-    One channel is repeated to three first: the pretrained stems read RGB.
+    One channel is repeated to three first: the pretrained stems read RGB. `scale` and
+    `offset` (per channel, optional): pixels * scale + offset after the mode.
     """
 
     MEANS_BGR = (103.939, 116.779, 123.68)
 
-    def __init__(self, mode, **kwargs):
+    def __init__(self, mode, scale=None, offset=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in ("caffe", "tf", "none"):
             raise ValueError(f"EncoderPreprocess mode {mode!r}: expected caffe, tf or none")
         self.mode = mode
+        self.scale = None if scale is None else [float(v) for v in scale]
+        self.offset = None if offset is None else [float(v) for v in offset]
 
     def call(self, images):
         x = keras.ops.cast(images, self.compute_dtype)
@@ -59,13 +62,17 @@ class EncoderPreprocess(keras.layers.Layer):
                                                                        self.compute_dtype)
         elif self.mode == "tf":
             x = x / 127.5 - 1.0
+        if self.scale is not None:
+            x = (x * keras.ops.convert_to_tensor(self.scale, self.compute_dtype)
+                 + keras.ops.convert_to_tensor(self.offset, self.compute_dtype))
         return x
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (3,)
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode}
+        return {**super().get_config(), "mode": self.mode, "scale": self.scale,
+                "offset": self.offset}
 
 
 def _application(name, input_shape, weights):
@@ -92,6 +99,28 @@ def _application(name, input_shape, weights):
     return base
 
 
+# keras.applications.efficientnet's ImageNet standard deviations: with weights="imagenet" it
+# follows its Normalization layer with a rescale by 1 / sqrt(std) per channel
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def efficientnet_file_affine(encoder):
+    """(scale, offset) that give an EfficientNet built from a weights file the input map of
+    the one Keras builds for weights="imagenet".
+
+    Keras adds that network's last input rescale c = 1 / sqrt(std) only when weights ==
+    "imagenet", so a model loading the same no-top file from a path sees inputs ~2x off
+    scale. Its Normalization computes (x / 255 - mean) / sqrt(var); c times that equals the
+    same Normalization of c * x + 255 * mean * (1 - c), an affine map of the pixels before
+    the network, with `mean` the file's own. The file's weights then load unchanged.
+    """
+    normalization = next(layer for layer in encoder.layers
+                         if isinstance(layer, keras.layers.Normalization))
+    mean = keras.ops.convert_to_numpy(normalization.mean).reshape(-1)
+    scale = [1.0 / std ** 0.5 for std in IMAGENET_STDDEV_RGB]
+    return scale, [255.0 * m * (1.0 - c) for m, c in zip(mean, scale)]
+
+
 def build_encoder(name, input_shape, weights=None):
     """The encoder as one layer: (H, W, 3) preprocessed pixels -> [skips at strides 2, 4, 8,
     16] + [bottom at stride 32]. Named "encoder", so it can be frozen as one."""
@@ -107,8 +136,12 @@ def build_encoder_unet(input_shape, num_classes, encoder, encoder_weights=None,
                        base_filters=16, batch_norm=True):
     layers.check_input_size(input_shape, 32, f"unet with --encoder={encoder}")
     inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
-    x = EncoderPreprocess(ENCODERS[encoder][1], name="preprocess")(inputs)
-    *skips, x = build_encoder(encoder, input_shape, encoder_weights)(x)
+    network = build_encoder(encoder, input_shape, encoder_weights)
+    scale = offset = None
+    if encoder == "efficientnetb0" and encoder_weights and encoder_weights != "imagenet":
+        scale, offset = efficientnet_file_affine(network)
+    x = EncoderPreprocess(ENCODERS[encoder][1], scale, offset, name="preprocess")(inputs)
+    *skips, x = network(x)
     for level in reversed(range(5)):
         x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_upsample")(x)
         if level > 0:  # strides 16, 8, 4, 2 have a skip; full resolution has none

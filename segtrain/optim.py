@@ -52,8 +52,12 @@ def build_optimizer(name, rate, weight_decay=1e-4, loss_scale=False, fresh_start
     (an encoder frozen for the first epochs; see FreshStartOptimizer)."""
     optimizer = _single_optimizer(name, rate, weight_decay)
     if fresh_start_variables:
-        optimizer = FreshStartOptimizer(optimizer, _single_optimizer(name, rate, weight_decay),
-                                        fresh_start_variables)
+        # the second follows the first's learning rate at the first's step (evaluated when it
+        # applies, before the first does); given at construction: replacing a built
+        # optimizer's learning-rate variable leaves a list checkpoints refuse to save
+        main = optimizer
+        late = _single_optimizer(name, lambda: main.learning_rate, weight_decay)
+        optimizer = FreshStartOptimizer(main, late, fresh_start_variables)
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scale else optimizer
 
 
@@ -80,16 +84,14 @@ class FreshStartOptimizer(keras.optimizers.Optimizer):
     counts every step, so moments that start at zero after N steps are never corrected and
     the first updates of the unfrozen encoder are ~3x the learning rate (a Keras Adam
     stepped 1000 times, then applied to a new variable). `late` follows `main`'s learning
-    rate (schedule) at `main`'s step, so both groups see one schedule.
+    rate (schedule) at `main`'s step (build_optimizer gives it that learning rate), so both
+    groups see one schedule.
     """
 
     def __init__(self, main, late, late_variables, name="fresh_start", **kwargs):
         super().__init__(learning_rate=0.0, name=name, **kwargs)
         self.main, self.late = main, late
         self._late_ids = {id(v) for v in late_variables}
-        # evaluated when `late` applies, before `main` applies: main's step is the step of
-        # this update for both groups
-        self.late.learning_rate = lambda: self.main._get_current_learning_rate()
 
     def _split(self, values, variables):
         main, late = ([], []), ([], [])
