@@ -25,12 +25,10 @@ _CHANNELS = "image/channels"
 _MASK = "mask/encoded"
 _ID = "example/id"
 
+# What SegFlow reads back. Format, height, width and channels are written for other readers
+# of the records (the usual image-record fields); the pipeline decodes them from the bytes.
 _FEATURES = {
     _IMAGE: tf.io.FixedLenFeature([], tf.string),
-    _IMAGE_FORMAT: tf.io.FixedLenFeature([], tf.string),
-    _HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-    _WIDTH: tf.io.FixedLenFeature([], tf.int64),
-    _CHANNELS: tf.io.FixedLenFeature([], tf.int64),
     _MASK: tf.io.FixedLenFeature([], tf.string),
     _ID: tf.io.FixedLenFeature([], tf.string),
 }
@@ -61,12 +59,7 @@ def encode_example(example_id, image_bytes, image_format, height, width, channel
 def parse_raw(serialized):
     """Serialized example -> dict of still-encoded fields (the decoder stage's input)."""
     parsed = tf.io.parse_single_example(serialized, _FEATURES)
-    return {
-        "image_bytes": parsed[_IMAGE],
-        "channels": parsed[_CHANNELS],
-        "mask_bytes": parsed[_MASK],
-        "id": parsed[_ID],
-    }
+    return {"image_bytes": parsed[_IMAGE], "mask_bytes": parsed[_MASK], "id": parsed[_ID]}
 
 
 def decode(raw, channels=0):

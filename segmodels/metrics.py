@@ -91,13 +91,3 @@ class MeanIoU(_ConfusionMetric):
 @keras.saving.register_keras_serializable(package="segflow")
 class PixelAccuracy(_ConfusionMetric):
     score = "pixel_accuracy"
-
-
-@keras.saving.register_keras_serializable(package="segflow")
-class PerClassIoU(_ConfusionMetric):
-    score = "per_class_iou"
-
-
-@keras.saving.register_keras_serializable(package="segflow")
-class PerClassDice(_ConfusionMetric):
-    score = "per_class_dice"

@@ -9,8 +9,8 @@ from segmodels import encoders, layers
 
 
 def build_unet(input_shape, num_classes, base_filters=64, depth=4, batch_norm=False,
-               dropout=0.5, decoder="upsample", encoder="none", encoder_weights=None):
-    """decoder: "upsample" (UpSampling2D + 2x2 conv, the classic up-conv) or "transpose".
+               dropout=0.5, encoder="none", encoder_weights=None):
+    """Up-convolutions are UpSampling2D + a 2x2 conv, as in the classic model.
     encoder: "none" (the classic UNet) or a segmodels.encoders.ENCODERS name, whose UNet
     takes base_filters and batch_norm for its decoder (depth and dropout are the classic
     UNet's); encoder_weights: None, "imagenet" or the path of a no-top .h5."""
@@ -18,8 +18,6 @@ def build_unet(input_shape, num_classes, base_filters=64, depth=4, batch_norm=Fa
         return encoders.build_encoder_unet(input_shape, num_classes, encoder,
                                            encoder_weights or None, base_filters, batch_norm)
     layers.check_input_size(input_shape, 2 ** depth, "unet")
-    if decoder not in ("upsample", "transpose"):
-        raise ValueError(f"decoder={decoder!r}: expected upsample or transpose")
     inputs, x = layers.raw_image_input(input_shape)
     skips = []
     for level in range(depth):
@@ -33,12 +31,9 @@ def build_unet(input_shape, num_classes, base_filters=64, depth=4, batch_norm=Fa
         x = keras.layers.Dropout(dropout, name="bottom_dropout")(x)
     for level in reversed(range(depth)):
         filters = base_filters * 2 ** level
-        if decoder == "transpose":
-            x = keras.layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}_upconv")(x)
-        else:
-            x = keras.layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
-            x = keras.layers.Conv2D(filters, 2, padding="same", activation="relu",
-                                    kernel_initializer="he_normal", name=f"up{level}_upconv")(x)
+        x = keras.layers.UpSampling2D(2, name=f"up{level}_upsample")(x)
+        x = keras.layers.Conv2D(filters, 2, padding="same", activation="relu",
+                                kernel_initializer="he_normal", name=f"up{level}_upconv")(x)
         x = keras.layers.Concatenate(name=f"up{level}_concat")([skips[level], x])
         x = layers.conv_block(x, filters, batch_norm, f"up{level}")
     return keras.Model(inputs, layers.logits_head(x, num_classes), name="unet")

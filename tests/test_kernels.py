@@ -1,5 +1,6 @@
-"""The augmentation's two kernels through their one signature, against each other, against
-ImageProjectiveTransformV3 and numpy; elastic deformation's properties."""
+"""The augmentation's two kernels through their one signature, against each other, numpy
+references (projective warp, resize policies, elastic coordinates) and tf.image (colour);
+elastic deformation's properties."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -33,32 +34,121 @@ def _run(kernel, image, mask, d, out_size, fill_mode="constant", pad=True):
     return out_image.numpy()[0], out_mask.numpy()[0]
 
 
-@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def _np_map_coordinate(coord, size, fill_mode):
+    """ImageProjectiveTransformV3's per-axis mapping of a source coordinate (its documented
+    fill modes): reflect about the edges (d c b a | a b c d | d c b a), clamp, or none."""
+    if fill_mode == "nearest":
+        return np.clip(coord, 0, size - 1)
+    if fill_mode == "constant":
+        return coord
+    period = 2.0 * size
+    folded = np.mod(coord, period)
+    return np.clip(np.where(folded >= size, period - folded - 1, folded), 0, size - 1)
+
+
+def _np_projective_warp(x, matrix, out_size, interpolation, fill, fill_mode):
+    """Numpy reference of a projective warp: output pixel (x, y) reads the source point
+    matrix @ (x, y, 1), bilinear from its 4 neighbours or the nearest one (halves away from
+    zero); a neighbour outside the frame reads `fill`."""
+    h, w = x.shape[:2]
+    m = np.asarray(matrix, np.float64)
+    ys, xs = np.meshgrid(np.arange(out_size[0]), np.arange(out_size[1]), indexing="ij")
+    k = m[2, 0] * xs + m[2, 1] * ys + m[2, 2]
+    sx = _np_map_coordinate((m[0, 0] * xs + m[0, 1] * ys + m[0, 2]) / k, w, fill_mode)
+    sy = _np_map_coordinate((m[1, 0] * xs + m[1, 1] * ys + m[1, 2]) / k, h, fill_mode)
+
+    def read(r, c):
+        inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
+        values = x[np.clip(r, 0, h - 1), np.clip(c, 0, w - 1)].astype(np.float64)
+        return np.where(inside[..., None], values, fill)
+    if interpolation == "nearest":
+        rounded = lambda v: (np.sign(v) * np.floor(np.abs(v) + 0.5)).astype(int)  # noqa: E731
+        return read(rounded(sy), rounded(sx))
+    y0, x0 = np.floor(sy), np.floor(sx)
+    wy, wx = (sy - y0)[..., None], (sx - x0)[..., None]
+    y0, x0 = y0.astype(int), x0.astype(int)
+    return ((1 - wy) * ((1 - wx) * read(y0, x0) + wx * read(y0, x0 + 1))
+            + wy * ((1 - wx) * read(y0 + 1, x0) + wx * read(y0 + 1, x0 + 1)))
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS) + ["ImageProjectiveTransformV3"])
 @pytest.mark.parametrize("fill_mode", augment.FILL_MODES)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_kernels_match_image_projective_transform(kernel, fill_mode, channels):
-    """Affine warps of random pixels, input padded past its true size: the op's pixels up to
-    float rounding at .5, its mask labels except where a coordinate lands within float
-    error of a .5."""
+def test_kernels_match_a_numpy_projective_warp(kernel, fill_mode, channels):
+    """Affine warps of random pixels, input padded past its true size, against numpy (and
+    TF's op against the same numpy): pixels up to float rounding at .5, mask labels except
+    where a coordinate lands within float error of a .5."""
     image, mask = _frames(channels)
     config = augment.AugmentConfig(hflip=True, rotation=40, shear=10, zoom=0.3, shift=0.2)
     for seed in range(3):
         key = tf.constant([seed, 1], tf.int64)
         matrix = (augment.resize_matrix(tf.constant([37, 45]), (30, 50))
                   @ augment.augmentation_matrix(key, config, (30, 50)))
-        expected_image = tf.cast(tf.round(kernels.projective_warp(
-            tf.cast(image[None], tf.float32), matrix[None], (30, 50), "BILINEAR", 0,
-            fill_mode)), tf.int32)[0].numpy()
-        expected_mask = kernels.projective_warp(mask[None], matrix[None], (30, 50), "NEAREST",
-                                                255, fill_mode)[0].numpy()
-        got_image, got_mask = _run(kernel, image, mask, augment.Draw(matrix=matrix), (30, 50),
-                                   fill_mode)
+        expected_image = np.round(_np_projective_warp(image, matrix.numpy(), (30, 50),
+                                                      "bilinear", 0, fill_mode))
+        expected_mask = _np_projective_warp(mask, matrix.numpy(), (30, 50), "nearest", 255,
+                                            fill_mode)
+        if kernel == "ImageProjectiveTransformV3":
+            got_image = tf.round(kernels.projective_warp(
+                tf.cast(image[None], tf.float32), matrix[None], (30, 50), "BILINEAR", 0,
+                fill_mode))[0].numpy()
+            got_mask = kernels.projective_warp(mask[None], matrix[None], (30, 50), "NEAREST",
+                                               255, fill_mode)[0].numpy()
+        else:
+            got_image, got_mask = _run(kernel, image, mask, augment.Draw(matrix=matrix),
+                                       (30, 50), fill_mode)
+            assert got_image.shape == (30, 50, channels) and got_image.dtype == np.uint8
         diff = np.abs(got_image.astype(int) - expected_image)
-        assert got_image.shape == (30, 50, channels) and got_image.dtype == np.uint8
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99
         assert (got_mask == expected_mask).mean() > 0.995
         if fill_mode == "constant":
             assert (expected_mask == 255).any()  # the test reaches outside the image
+
+
+def _box_halved(x):
+    """2x2 box means: a 2x downscale whose samples fall between 4 source pixels."""
+    x = x.astype(np.float64)
+    return (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) / 4
+
+
+@pytest.mark.parametrize("xla", [True, False])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_resize_policies_geometry_like_numpy(xla, channels):
+    """A 20x40 frame to 20x20 (pad: the whole frame at half size, centred, rows 5-14; the
+    rest fill 0 / ignore) and to 10x10 (crop: a centred half-size window, columns 10-29 of
+    the frame). Each output pixel of a 2x shrink samples between 4 source pixels: the image
+    is their mean, the mask the lower-right one (coordinates .5 round away from zero)."""
+    image, mask = _frames(channels, size=(20, 40), seed=7)
+    config = augment.AugmentConfig(xla=xla)
+    key = tf.constant([0, 0], tf.int64)
+    got_image, got_mask = augment.augment_example(tf.constant(image), tf.constant(mask), key,
+                                                  (20, 20), config, "pad", training=False)
+    expected_image = np.zeros((20, 20, channels))
+    expected_image[5:15] = _box_halved(image)
+    expected_mask = np.full((20, 20, 1), 255)
+    expected_mask[5:15] = mask[1::2, 1::2]
+    assert np.abs(got_image.numpy() - np.round(expected_image)).max() <= 1
+    np.testing.assert_array_equal(got_mask.numpy(), expected_mask)
+    got_image, got_mask = augment.augment_example(tf.constant(image), tf.constant(mask), key,
+                                                  (10, 10), config, "crop", training=False)
+    assert np.abs(got_image.numpy() - np.round(_box_halved(image[:, 10:30]))).max() <= 1
+    np.testing.assert_array_equal(got_mask.numpy(), mask[1::2, 11:31:2])
+
+
+@pytest.mark.parametrize("kernel", sorted(KERNELS))
+def test_saturation_and_hue_are_tf_image_adjust(kernel):
+    """The elementwise colour steps against tf.image.adjust_saturation / adjust_hue (the
+    HSV round trip they replace), on random colours and greys, factors both ways."""
+    image, mask = _frames(3, size=(24, 20), seed=11)
+    image[:4] = image[:4, :, :1]  # greys: no hue, no saturation
+    x = tf.constant(image, tf.float32) / 255
+    for saturation, hue in ((1.6, 0.12), (0.4, -0.3), (1.0, 0.5)):
+        d = augment.Draw(saturation=tf.constant(saturation), hue=tf.constant(hue))
+        got, _ = _run(kernel, image, mask, d, (24, 20), pad=False)
+        expected = tf.image.adjust_hue(tf.image.adjust_saturation(x, saturation), hue) * 255
+        expected = np.clip(np.round(expected.numpy()), 0, 255)
+        diff = np.abs(got.astype(int) - expected)
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.98
 
 
 def _every_draw(channels, seed, elastic=True):

@@ -4,7 +4,6 @@ updates, split-level validation loss, a watchdog that follows steps, seeds on a 
 service and over local workers, and the automatic precision choice."""
 import csv
 import json
-import os
 import textwrap
 
 import keras

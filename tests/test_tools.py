@@ -253,6 +253,7 @@ def test_sweep_runs_grid_and_skips_finished(binary_records, tmp_path):
     assert second.stdout.count("skip (finished)") == 2
 
 
+@pytest.mark.benchmark
 def test_benchmark_train_mirrored_two_logical_cpus(tmp_path):
     out = tmp_path / "bench.json"
     tool("benchmark_train.py", "--image_size=32", "--base_filters=4", "--depth=2",
@@ -262,6 +263,7 @@ def test_benchmark_train_mirrored_two_logical_cpus(tmp_path):
     assert result["strategy"] == "mirrored" and result["images_per_s"] > 0
 
 
+@pytest.mark.benchmark
 def test_benchmark_train_cpu_json(tmp_path):
     out = tmp_path / "bench.json"
     tool("benchmark_train.py", "--image_size=32", "--base_filters=4", "--depth=2",
@@ -271,8 +273,13 @@ def test_benchmark_train_cpu_json(tmp_path):
     (result,) = report["results"]
     assert result["images_per_s"] > 0 and result["p50_ms"] > 0
     assert report["backend"] == "tensorflow"
+    # the model it timed is the one the flags describe
+    import segmodels
+    model = segmodels.build_model("unet", (32, 32, 1), 2, base_filters=4, depth=2)
+    assert result["parameters"] == model.count_params()
 
 
+@pytest.mark.benchmark
 def test_benchmark_loop_times_each_setting_in_every_round():
     result = tool("benchmark_loop.py", "--steps_per_loop=1,3", "--steps=6", "--rounds=2",
                   "--json")
@@ -296,6 +303,7 @@ def test_tools_refuse_lambda_layers(tmp_path):
     assert "safe_mode" in result.stderr
 
 
+@pytest.mark.benchmark
 def test_benchmark_input_json_with_child_rows(binary_records):
     """Every row is measured over whole batches of images (18 asked, batches
     of 4: 20 timed; a count of batches or of dict keys would stop elsewhere), the 1-core
@@ -319,6 +327,7 @@ def test_benchmark_input_json_with_child_rows(binary_records):
     assert 100 < report["max_rss_mb"] < 64 * 1024  # TensorFlow alone takes more than 100 MB
 
 
+@pytest.mark.benchmark
 def test_benchmark_warp_prints_every_row_once_with_a_median():
     """Rows are compiled first and timed in turns: each named row appears once, in order,
     with a positive time, for both kernels and the op."""

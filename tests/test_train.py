@@ -86,7 +86,7 @@ def test_two_replicas_train_and_evaluate_as_one(binary_records, tmp_path):
     train(binary_records, tmp_path / "one", *sgd)
     result = train(binary_records, tmp_path / "two", *sgd, *mirrored)
     assert '"replicas": 2' in result.stdout
-    train(binary_records, tmp_path / "frozen_one", *frozen)
+    train(binary_records, tmp_path / "frozen_one", *frozen)  # --loss=dice, the default
     train(binary_records, tmp_path / "frozen_two", *frozen, *mirrored)
     one, two = _run_weights(tmp_path / "one"), _run_weights(tmp_path / "two")
     for a, b in zip(one, two):
@@ -102,6 +102,9 @@ def test_two_replicas_train_and_evaluate_as_one(binary_records, tmp_path):
     rows = [next(csv.DictReader(open(tmp_path / n / "log.csv"))) for n in ("frozen_one", "frozen_two")]
     for key in ("val_dice", "val_mean_iou", "val_pixel_accuracy"):
         assert rows[0][key] == rows[1][key], key
+    # the split's Dice loss, not a mean of batch losses (batches 6+2 on one replica, 3+1
+    # on each of two): the same up to the order of float sums
+    assert float(rows[0]["val_loss"]) == pytest.approx(float(rows[1]["val_loss"]), rel=1e-5)
 
 
 def test_steps_per_loop_gives_the_same_weights_and_metrics(binary_records, tmp_path):
