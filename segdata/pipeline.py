@@ -58,6 +58,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     `batch_size` is per input pipeline (use input_context.get_per_replica_batch_size).
     `augment_on="device"` leaves only decode + resize here and yields each example's
     seed as a third element for `augment.augment_batch` inside the train step.
+    `seed`: the run's seed, the same in every input pipeline: it orders the files, and each
+    pipeline derives its own for its example order and augmentation seeds.
     `start_index` offsets the per-example seeds (a resumed run continues the stream).
     `skip_corrupt` drops unreadable records with a logged warning instead of failing.
     `pad_batches` (evaluation under a strategy): each input pipeline reads every n-th example
@@ -88,6 +90,10 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     if pad_batches and repeat:
         raise ValueError("pad_batches is for a single pass (evaluation): pass repeat=False")
     counts = [shard["count"] for shard in manifest["splits"][split]["shards"]]
+    # `seed` orders the files: the same order in every input pipeline, or sharding by data
+    # (every n-th example) would not share the examples out; each pipeline's example order
+    # and augmentation seeds come from its own seed
+    pipeline_seed = seed + 7919 * (input_context.input_pipeline_id if input_context else 0)
     dataset, by_file = _sharded_files(files, counts, input_context, shuffle, seed,
                                       by_data=pad_batches)
     dataset = dataset.interleave(
@@ -120,7 +126,7 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         dataset = dataset.cache()
     if shuffle:
         # shuffle before repeat: each epoch is a full permutation, no example twice per epoch
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(shuffle_buffer, seed=pipeline_seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     dataset = dataset.enumerate(start=start_index)
@@ -143,7 +149,7 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         first = tf.raw_ops.RandomUniformInt(
             shape=tf.constant([], tf.int32), minval=tf.constant(0, tf.int64),
             maxval=tf.constant(2**62, tf.int64), seed=0, seed2=0) if on_service \
-            else tf.constant(seed, tf.int64)
+            else tf.constant(pipeline_seed, tf.int64)
         example_seed = tf.stack([first, index])
         image, mask = augment.augment_example(
             image, example["mask"], example_seed, out_size, host_config, resize,

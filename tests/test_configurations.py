@@ -34,7 +34,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from harness import ROOT, backup_epoch, python, run, start, wait_until
+from harness import ROOT, backup_epoch, python, start, wait_until
+from harness import run as run_to_end
 from segtrain import distribute
 
 EPOCHS, STEPS, PEAK_LR = 3, 24, 0.01
@@ -134,7 +135,7 @@ def test_configuration(binary_records, tmp_path, replicas, precision, augment, s
     cmd = python(os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
                  f"--model_dir={run_dir}", *COMMON, *cell_flags(replicas, precision, augment, schedule))
     kept = kill_after_first_epoch(cmd, run_dir) if run == "resumed" else None
-    stdout = run(cmd).stdout
+    stdout = run_to_end(cmd).stdout
     assert f'"replicas": {replicas}' in stdout and f"precision={precision}" in stdout
     if precision == "mixed_bfloat16":
         # a user on a CPU without bfloat16 hardware is told; one with it is not
@@ -150,7 +151,7 @@ def test_two_workers_mixed_bfloat16_killed_and_resumed(binary_records, tmp_path)
                  *COMMON, "--mixed_precision=mixed_bfloat16", "--aug_rotation=10",
                  "--progress_interval_s=0")
     kept = kill_after_first_epoch(cmd, run_dir)
-    stdout = run(cmd, timeout=400).stdout
+    stdout = run_to_end(cmd, timeout=400).stdout
     assert "exit codes: [0, 0]" in stdout and '"replicas": 2' in stdout
     check_run(run_dir, stdout, "constant", kept, precision="mixed_bfloat16")
     # only the chief prints progress and writes files
