@@ -59,13 +59,20 @@ flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 to --learning_ra
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (adamw only).")
 flags.DEFINE_enum("class_weights", "none", ["none", "manifest"], "manifest: median-frequency "
                   "weights from the manifest's per-class pixel counts.")
-flags.DEFINE_integer("base_filters", 64, "UNet width (64 is the classic model).")
+flags.DEFINE_integer("base_filters", 64, "UNet width at full resolution (64 is the classic "
+                     "model; with --encoder, 16 unless given: the encoder UNet's own default).")
 flags.DEFINE_integer("depth", 4, "UNet down/up stages.")
 flags.DEFINE_bool("batch_norm", False, "UNet: BatchNorm in every conv block.")
 flags.DEFINE_float("dropout", 0.5, "Dropout at the UNet bottom / FCN fc6-fc7.")
-flags.DEFINE_enum("encoder", "none", segmodels.ENCODER_CHOICES, "UNet encoder: none (the "
-                  "classic UNet) or a keras.applications network; its decoder is "
-                  "--base_filters wide at full resolution (16 as in segmentation_models).")
+flags.DEFINE_enum("encoder", "none", segmodels.ENCODER_CHOICES, "Encoder of --model=unet "
+                  "(none: the classic UNet) or deeplabv3plus (required): a keras.applications "
+                  "network; the encoder UNet's decoder is --base_filters wide at full "
+                  "resolution (16 unless given, as in segmentation_models).")
+flags.DEFINE_integer("aspp_filters", 256, "DeepLabV3+: width of the ASPP branches and the "
+                     "decoder (256 in the paper).", lower_bound=1)
+flags.DEFINE_bool("sync_batch_norm", False, "BatchNorm statistics over the global batch, all "
+                  "replicas together (every BatchNorm: --batch_norm's, the encoders', "
+                  "DeepLabV3+'s): for small per-replica batches.")
 flags.DEFINE_string("encoder_weights", "", "Encoder weights: '' random, 'imagenet' (Keras's "
                     "download and cache; offline: the file in $KERAS_HOME/models/), or the path "
                     "of a no-top .h5.")
@@ -125,13 +132,18 @@ flags.DEFINE_bool("export", True, "Write model.keras and the SavedModel after tr
 
 flags.register_multi_flags_validator(
     ["freeze_encoder_epochs", "model", "encoder"],
-    lambda v: not v["freeze_encoder_epochs"] or (v["model"] == "unet" and v["encoder"] != "none"),
-    message="--freeze_encoder_epochs needs --model=unet with an --encoder")
+    lambda v: not v["freeze_encoder_epochs"] or (v["model"] in segmodels.ENCODER_MODELS
+                                                 and v["encoder"] != "none"),
+    message="--freeze_encoder_epochs needs an --encoder (--model=unet or deeplabv3plus)")
 flags.register_multi_flags_validator(
     ["encoder", "encoder_weights", "model"],
-    lambda v: (v["encoder"] == "none" and not v["encoder_weights"]) or v["model"] == "unet"
-    and v["encoder"] != "none",
-    message="--encoder and --encoder_weights are for --model=unet, and weights need an --encoder")
+    lambda v: (v["encoder"] == "none" and not v["encoder_weights"]) or (
+        v["model"] in segmodels.ENCODER_MODELS and v["encoder"] != "none"),
+    message="--encoder and --encoder_weights are for --model=unet or deeplabv3plus, and "
+            "weights need an --encoder")
+flags.register_multi_flags_validator(
+    ["model", "encoder"], lambda v: v["model"] != "deeplabv3plus" or v["encoder"] != "none",
+    message="--model=deeplabv3plus needs an --encoder: resnet50, mobilenetv2 or efficientnetb0")
 
 # CPU-sized settings for the no-flag synthetic run: (value, why).
 SYNTHETIC_DEFAULTS = {
@@ -150,7 +162,7 @@ SYNTHETIC_DEFAULTS = {
 
 # A backup holds these flags' model and optimizer: resuming with other values cannot work.
 RESUME_FLAGS = ("model", "encoder", "image_size", "channels", "base_filters", "depth",
-                "batch_norm", "fc_filters", "optimizer", "freeze_encoder_epochs")
+                "batch_norm", "fc_filters", "aspp_filters", "optimizer", "freeze_encoder_epochs")
 # These fix a warm-up or decaying schedule's shape and length when a run starts: resuming
 # with other values would jump the learning rate (a cosine run extended from 2 to 4 epochs
 # would leap from ~0 back to half its peak).
@@ -179,6 +191,14 @@ def _apply_synthetic_defaults():
         if not FLAGS[name].present:
             FLAGS[name].value = value
             _log(f"  --{name}={value}  ({why})")
+
+
+def _apply_encoder_defaults():
+    if (FLAGS.model == "unet" and FLAGS.encoder != "none" and not FLAGS["base_filters"].present
+            and FLAGS.base_filters == FLAGS["base_filters"].default):
+        FLAGS.base_filters = segmodels.ENCODER_UNET_BASE_FILTERS
+        _log(f"  --base_filters={FLAGS.base_filters}  (the encoder UNet's decoder width at full "
+             "resolution, 256 channels at stride 16; the classic UNet's 64 would make it 1024)")
 
 
 def _check_run_folder(model_dir):
@@ -267,6 +287,7 @@ def run():
     if FLAGS.data_dir is None:
         _log("no --data_dir: using the built-in synthetic dataset with CPU-sized settings:")
         _apply_synthetic_defaults()
+    _apply_encoder_defaults()
     data_dir = FLAGS.data_dir or _synthetic_records()
     model_dir = FLAGS.model_dir or os.path.join(ROOT, "runs", FLAGS.model)
     image_size = cli.parse_image_size(FLAGS.image_size)
@@ -292,6 +313,12 @@ def run():
     with strategy.scope():
         model = segmodels.build_model(FLAGS.model, image_size + (channels,), num_classes,
                                       **segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict()))
+        if FLAGS.sync_batch_norm:
+            synchronized = segmodels.layers.synchronize_batch_norm(model)
+            if not synchronized:
+                raise ValueError(f"--sync_batch_norm: --model={FLAGS.model} has no BatchNorm "
+                                 "layer (the classic UNet has them with --batch_norm)")
+            _log(f"--sync_batch_norm: {synchronized} BatchNorm layers use global-batch statistics")
         rate = optim.learning_rate(FLAGS.learning_rate, FLAGS.lr_schedule, FLAGS.epochs * steps,
                                    int(FLAGS.warmup_epochs * steps))
         # a frozen encoder's optimizer state starts when it unfreezes (FreshStartOptimizer)
@@ -327,7 +354,7 @@ def run():
     def train_fn(context):
         per_replica = context.get_per_replica_batch_size(FLAGS.batch_size)
         dataset = pipeline.make_dataset(
-            data_dir, "train", per_replica, seed=FLAGS.seed + 7919 * context.input_pipeline_id,
+            data_dir, "train", per_replica, seed=FLAGS.seed,
             input_context=context, augment_on=FLAGS.augment_on,
             start_index=start_epoch * steps * per_replica, on_service=bool(FLAGS.data_service),
             **options)
@@ -382,6 +409,9 @@ def run():
         # the contract travels with the model: predict, evaluate and the SavedModel read it
         contract = serving.InputContract(image_size, FLAGS.resize, channels, num_classes, ignore,
                                          manifest.get("class_names"), FLAGS.aug_xla)
+        # statistics of a global batch are a training matter, and a TensorFlow-only option
+        # that other Keras backends refuse to load
+        segmodels.layers.synchronize_batch_norm(model, False)
         model.save(os.path.join(model_dir, "model.keras"))
         contract.save(model_dir)
         export.export_saved_model(model, os.path.join(model_dir, "export"), contract)

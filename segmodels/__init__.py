@@ -3,13 +3,14 @@
 Models output float32 LOGITS: 1 channel for binary tasks (sigmoid), num_classes
 channels otherwise (softmax). Losses and metrics take logits.
 """
-from segmodels import encoders, fcn, losses, metrics, unet  # noqa: F401  (segmodels.metrics for users)
+from segmodels import deeplab, encoders, fcn, losses, metrics, unet  # noqa: F401  (segmodels.metrics for users)
 
 MODELS = {
     "unet": unet.build_unet,
     "fcn32s": fcn.build_fcn32s,
     "fcn16s": fcn.build_fcn16s,
     "fcn8s": fcn.build_fcn8s,
+    "deeplabv3plus": deeplab.build_deeplabv3plus,
 }
 
 # name -> the builder options it takes; train.py and tools/benchmark_train.py pick a
@@ -19,7 +20,14 @@ MODEL_OPTIONS = {
     "fcn32s": ("fc_filters", "dropout", "backbone_weights"),
     "fcn16s": ("fc_filters", "dropout", "backbone_weights"),
     "fcn8s": ("fc_filters", "dropout", "backbone_weights"),
+    "deeplabv3plus": ("encoder", "encoder_weights", "aspp_filters"),
 }
+
+# models built on an --encoder (required by deeplabv3plus, optional for unet)
+ENCODER_MODELS = ("unet", "deeplabv3plus")
+# the encoder UNet's decoder width at full resolution when --base_filters is not given
+# (segmentation_models' 16: 256 channels at stride 16; the classic UNet's 64 made it 1024)
+ENCODER_UNET_BASE_FILTERS = 16
 
 # --encoder choices: the classic UNet, or one on a keras.applications encoder
 ENCODER_CHOICES = ("none",) + tuple(sorted(encoders.ENCODERS))

@@ -121,27 +121,39 @@ def efficientnet_file_affine(encoder):
     return scale, [255.0 * m * (1.0 - c) for m, c in zip(mean, scale)]
 
 
-def build_encoder(name, input_shape, weights=None):
-    """The encoder as one layer: (H, W, 3) preprocessed pixels -> [skips at strides 2, 4, 8,
-    16] + [bottom at stride 32]. Named "encoder", so it can be frozen as one."""
+STRIDES = (2, 4, 8, 16, 32)
+
+
+def build_encoder(name, input_shape, weights=None, strides=STRIDES):
+    """The encoder as one layer: (H, W, 3) preprocessed pixels -> its features at `strides`
+    (of 2, 4, 8, 16 and 32: the skips, then the bottom). Named "encoder", so it can be
+    frozen as one; layers past the last stride asked for are left out."""
     if name not in ENCODERS:
         raise ValueError(f"--encoder={name!r}: expected one of {sorted(ENCODERS)} or none")
     base = _application(name, tuple(input_shape[:2]) + (3,), weights)
     _, _, skips, bottom = ENCODERS[name]
-    outputs = [base.get_layer(layer).output for layer in skips + (bottom,)]
+    by_stride = dict(zip(STRIDES, skips + (bottom,)))
+    outputs = [base.get_layer(by_stride[stride]).output for stride in strides]
     return keras.Model(base.input, outputs, name="encoder")
+
+
+def encoder_features(name, input_shape, weights=None, strides=STRIDES):
+    """A uint8 image input and the encoder's features at `strides`, its preprocessing inside
+    the model: (inputs, [features])."""
+    inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
+    network = build_encoder(name, input_shape, weights, strides)
+    scale = offset = None
+    if name == "efficientnetb0" and weights and weights != "imagenet":
+        scale, offset = efficientnet_file_affine(network)
+    x = EncoderPreprocess(ENCODERS[name][1], scale, offset, name="preprocess")(inputs)
+    features = network(x)
+    return inputs, list(features) if isinstance(features, (list, tuple)) else [features]
 
 
 def build_encoder_unet(input_shape, num_classes, encoder, encoder_weights=None,
                        base_filters=16, batch_norm=True):
     layers.check_input_size(input_shape, 32, f"unet with --encoder={encoder}")
-    inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
-    network = build_encoder(encoder, input_shape, encoder_weights)
-    scale = offset = None
-    if encoder == "efficientnetb0" and encoder_weights and encoder_weights != "imagenet":
-        scale, offset = efficientnet_file_affine(network)
-    x = EncoderPreprocess(ENCODERS[encoder][1], scale, offset, name="preprocess")(inputs)
-    *skips, x = network(x)
+    inputs, (*skips, x) = encoder_features(encoder, input_shape, encoder_weights)
     for level in reversed(range(5)):
         x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_upsample")(x)
         if level > 0:  # strides 16, 8, 4, 2 have a skip; full resolution has none

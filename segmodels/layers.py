@@ -44,11 +44,35 @@ def raw_image_input(input_shape, scale=1 / 255.0, offset=0.0, name="image"):
     return inputs, x
 
 
-def logits_head(x, num_classes, name="logits"):
-    """1x1 conv to class logits, computed in float32 under mixed precision (stable losses)."""
+def logits_head(x, num_classes, name="logits", upsample=1):
+    """1x1 conv to class logits, computed in float32 under mixed precision (stable losses);
+    `upsample` > 1: then bilinear upsampling by that factor, in float32 too."""
     channels = 1 if num_classes == 2 else num_classes
     x = keras.layers.Conv2D(channels, 1, name=f"{name}_conv")(x)
+    if upsample > 1:
+        x = keras.layers.UpSampling2D(upsample, interpolation="bilinear", dtype="float32",
+                                      name=f"{name}_upsample")(x)
     return keras.layers.Activation("linear", dtype="float32", name=name)(x)
+
+
+def batch_norm_layers(model):
+    """Every BatchNormalization layer of `model`, nested models (an encoder) included."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found += batch_norm_layers(layer)
+    return found
+
+
+def synchronize_batch_norm(model, synchronized=True):
+    """Switches every BatchNorm of `model` to statistics over the global batch, all replicas
+    together (TensorFlow backend; read when a training step is traced). Returns how many."""
+    found = batch_norm_layers(model)
+    for layer in found:
+        layer.synchronized = synchronized
+    return len(found)
 
 
 def check_input_size(input_shape, multiple, model_name):

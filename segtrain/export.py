@@ -96,7 +96,6 @@ class Predictor:
 def load_predictor(path):
     """A `.keras` file (loaded with safe_mode: no lambda or pickled layers) with the
     input_contract.json beside it, or a SavedModel folder (its contract is inside)."""
-    import keras
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
             raise ValueError(f"--model={path}: a folder without saved_model.pb; pass "
@@ -111,9 +110,19 @@ def load_predictor(path):
                          contract)
     if not path.endswith(".keras") or not os.path.isfile(path):
         raise ValueError(f"--model={path}: expected an existing .keras file or SavedModel folder")
-    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    model = load_keras(path)
     contract = serving.InputContract.load(os.path.dirname(os.path.abspath(path)))
     return Predictor(lambda images: model(images, training=False), contract)
+
+
+def load_keras(path):
+    """A SegFlow .keras file, loaded in safe mode. Importing segmodels registers the layers
+    its models use (the encoders' preprocessing, initializers): without it, every encoder
+    model failed to load in the tools with "Could not locate class 'EncoderPreprocess'"."""
+    import keras
+
+    import segmodels  # noqa: F401
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
 
 
 QUANTIZE = ("none", "float16", "int8")

@@ -18,6 +18,7 @@ TINY = {
     "fcn32s": {"width": 4, "fc_filters": 8, "dropout": 0.0},
     "fcn16s": {"width": 4, "fc_filters": 8, "dropout": 0.0},
     "fcn8s": {"width": 4, "fc_filters": 8, "dropout": 0.0},
+    "deeplabv3plus": {"encoder": "mobilenetv2", "aspp_filters": 8},
 }
 
 
@@ -95,7 +96,7 @@ def test_imagenet_without_file_says_how():
 def test_mixed_precision_logits_are_float32(policy):
     keras.mixed_precision.set_dtype_policy(policy)
     try:
-        for name in ("unet", "fcn8s"):
+        for name in ("unet", "fcn8s", "deeplabv3plus"):
             model = segmodels.build_model(name, (32, 32, 3), 3, **TINY[name])
             out = model(_batch(3, size=32, block=16)[0])
             assert keras.backend.standardize_dtype(out.dtype) == "float32"

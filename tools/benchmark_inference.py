@@ -38,7 +38,6 @@ def _size_mb(path):
 
 def main(argv):
     del argv
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -46,7 +45,7 @@ def main(argv):
     from segmodels import metrics
     from segtrain import export
 
-    model = keras.saving.load_model(FLAGS.model, compile=False, safe_mode=True)
+    model = export.load_keras(FLAGS.model)
     contract = serving.InputContract.load(os.path.dirname(os.path.abspath(FLAGS.model)))
     work = tempfile.mkdtemp(prefix="segflow-inference-")
     saved = export.export_saved_model(model, os.path.join(work, "saved_model"), contract)

@@ -42,7 +42,6 @@ def run_data_dir(run_dir):
 
 def main(argv):
     del argv
-    import keras
 
     from segdata import serving
     from segtrain import export
@@ -53,7 +52,7 @@ def main(argv):
             raise ValueError(f"--model={path}: expected an existing .keras file")
         if FLAGS.format == "saved_model" and FLAGS.quantize != "none":
             raise ValueError("--quantize is for --format=tflite")
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        model = export.load_keras(path)
         contract = serving.InputContract.load(run_dir)
         if FLAGS.format == "saved_model":
             output = FLAGS.output or os.path.join(run_dir, "export")
