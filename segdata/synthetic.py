@@ -14,17 +14,17 @@ from PIL import Image, ImageDraw
 _SHAPES = ("ellipse", "rectangle", "triangle")
 
 
-def _draw_example(rng, size, num_classes, rgb):
+def _draw_example(rng, size, num_classes, rgb, object_size=(1 / 6, 1 / 2.5), objects=(1, 3)):
     height, width = size
     ramp = np.linspace(40, 110, width)[None, :] + np.linspace(0, 30, height)[:, None]
     base = ramp + rng.normal(0, 12, (height, width))
     mask = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(mask)
-    for _ in range(rng.integers(1, 4)):
+    for _ in range(rng.integers(objects[0], objects[1] + 1)):
         cls = int(rng.integers(1, num_classes))
         shape = _SHAPES[(cls - 1) % len(_SHAPES)]
-        h = int(rng.integers(height // 6, height // 2.5))
-        w = int(rng.integers(width // 6, width // 2.5))
+        h = int(rng.integers(int(height * object_size[0]), int(height * object_size[1])))
+        w = int(rng.integers(int(width * object_size[0]), int(width * object_size[1])))
         top, left = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
         box = (left, top, left + w, top + h)
         if shape == "ellipse":
@@ -44,8 +44,11 @@ def _draw_example(rng, size, num_classes, rgb):
 
 
 def generate(root, count=120, size=(128, 128), num_classes=2, rgb=False, seed=0,
-             frame_format="png"):
+             frame_format="png", object_size=(1 / 6, 1 / 2.5), objects=(1, 3)):
     """Writes root/frames/frame_NNN.{png,jpg} and root/masks/mask_NNN.png; returns root.
+
+    object_size: each object's height and width, fractions of the frame's (low, high);
+    objects: how many a frame holds (low, high), inclusive.
 
     Binary datasets store masks as 0/255 (the classic layout's convention), multi-class as
     class indices. The same arguments always give the same bytes.
@@ -54,7 +57,7 @@ def generate(root, count=120, size=(128, 128), num_classes=2, rgb=False, seed=0,
     os.makedirs(os.path.join(root, "frames"), exist_ok=True)
     os.makedirs(os.path.join(root, "masks"), exist_ok=True)
     for index in range(count):
-        image, labels = _draw_example(rng, size, num_classes, rgb)
+        image, labels = _draw_example(rng, size, num_classes, rgb, object_size, objects)
         frame = Image.fromarray(image)
         name = f"frame_{index:03d}." + ("jpg" if frame_format == "jpeg" else "png")
         if frame_format == "jpeg":

@@ -15,11 +15,13 @@ for precision in float32 mixed_float16 mixed_bfloat16; do
     --precision=$precision --steps=30 --warmup=3 --output="$out/unet512_$precision.json" \
     2>&1 | grep -v -E "^(I0000|W0000)" | tail -4
 done
-# issue 17: every model at mixed_bfloat16, batch 8 and 16 (training only)
+# issues 17 and 25: every model at mixed_bfloat16, batch 8 and 16 (training only)
 for batch in 8 16; do
   for model in "unet" "unet --encoder=resnet50 --base_filters=16" \
       "unet --encoder=mobilenetv2 --base_filters=16" \
-      "unet --encoder=efficientnetb0 --base_filters=16" "fcn8s"; do
+      "unet --encoder=efficientnetb0 --base_filters=16" "fcn8s" \
+      "deeplabv3plus --encoder=resnet50" "deeplabv3plus --encoder=mobilenetv2" \
+      "deeplabv3plus --encoder=efficientnetb0"; do
     name=$(echo "$model" | tr -d ' ' | sed 's/--encoder=/_/; s/--base_filters=16//')
     # shellcheck disable=SC2086
     timeout 150 python3 tools/benchmark_train.py --model=$model --image_size=512 \
