@@ -16,6 +16,11 @@ Options, each a wrapper around the one mapping:
   aerial tiles), where resizing down would lose thin structures. Memory grows with the
   batch of windows and the output, not with a resized copy of the image.
 - tta: logits averaged over flipped copies, each flipped back.
+
+Every op here is a plain TensorFlow op (kernels.reference, never the XLA-compiled kernels
+the host training pipeline uses): TF Serving builds run without XLA's JIT, so a SavedModel
+holding XLA-only functions would not serve. The two kernels agree up to a grey level at
+float rounding (tests/test_kernels.py).
 """
 import dataclasses
 import json
@@ -27,6 +32,9 @@ from segdata import atomic, augment, kernels
 
 FILENAME = "input_contract.json"
 TTA = ("none", "hflip", "hvflip")
+# Above this, neighbouring windows overlap so much that each pixel is computed more than
+# 16 times (1 / (1 - overlap) per side); 0.99 meant a stride of 5 px and millions of windows.
+MAX_TILE_OVERLAP = 0.75
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +47,7 @@ class InputContract:
     num_classes: int
     ignore_label: int = 255
     class_names: tuple = None
-    xla: bool = True             # the pipeline's --aug_xla: which warp kernel resized
+    xla: bool = True             # the training pipeline's --aug_xla (serving: always reference)
 
     def __post_init__(self):
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
@@ -93,18 +101,18 @@ class InputContract:
                                  "model was trained")
 
 
-def _to_channels(image, channels, xla):
+def _to_channels(image, channels):
     """As the pipeline does: RGB asked for as gray is grayed first (augment.to_gray); gray
     asked for as RGB is expanded after the resize, by augment_example."""
     if image.shape[-1] == 3 and channels == 1:
-        return augment.to_gray(image, xla)
+        return augment.to_gray(image, False)
     return image
 
 
 def with_model_channels(image, contract):
     """uint8 (h, w, 1 or 3) -> (h, w, contract.channels): grayed as the pipeline grays, gray
     repeated (the values augment_example's expansion gives after a resize)."""
-    image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels, contract.xla)
+    image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels)
     if image.shape[-1] == 1 and contract.channels == 3:
         image = tf.repeat(image, 3, axis=-1)
     return image
@@ -114,8 +122,8 @@ def to_model_input(image, contract, mask=None):
     """uint8 (h, w, c) [and its mask] -> (model input (H, W, C), resized mask or None,
     output->input matrix)."""
     size = contract.image_size
-    config = augment.AugmentConfig(xla=contract.xla)
-    image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels, contract.xla)
+    config = augment.AugmentConfig(xla=False)
+    image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels)
     matrix = augment.resize_matrix(tf.shape(image)[:2], size, contract.resize, training=False)
     dummy = mask if mask is not None else tf.zeros_like(image[..., :1])
     model_input, resized_mask = augment.augment_example(
@@ -126,10 +134,12 @@ def to_model_input(image, contract, mask=None):
 
 def to_original(logits, matrix, original_size):
     """(H, W, K) logits -> (h, w, K) logits and a validity map (False where the model never
-    saw the pixel, e.g. outside a centre crop)."""
+    saw the pixel, e.g. outside a centre crop). Past the outermost logit centres the edge
+    value extends: a fill of 0 would pull logits and probabilities toward 0 / 0.5 there."""
     inverse = tf.linalg.inv(matrix)
     logits = tf.cast(logits, tf.float32)
-    back = kernels.projective_warp(logits[None], inverse[None], original_size, "BILINEAR")[0]
+    back = kernels.projective_warp(logits[None], inverse[None], original_size, "BILINEAR",
+                                   fill_mode="nearest")[0]
     seen = kernels.projective_warp(tf.ones_like(logits[None, ..., :1]), inverse[None],
                                    original_size, "NEAREST", fill_value=0)[0]
     return back, seen[..., 0] > 0
@@ -168,8 +178,7 @@ def tiled_logits(model_fn, image, contract, tile=None, overlap=0.25, batch_size=
     each mapped to the model as a whole image, blended by _side_weights. An image smaller
     than a tile in either side is mapped whole instead. Returns (logits, seen)."""
     tile = tuple(int(v) for v in (tile or contract.image_size))
-    if isinstance(overlap, (int, float)) and not 0 <= overlap < 1:
-        raise ValueError(f"--tile_overlap={overlap}: expected 0 <= overlap < 1")
+    check_tile_overlap(overlap)
     if batch_size < 1:
         raise ValueError(f"--batch_size={batch_size}: expected >= 1")
     height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -181,7 +190,7 @@ def tiled_logits(model_fn, image, contract, tile=None, overlap=0.25, batch_size=
 def _tiled(model_fn, image, contract, tile, overlap, batch_size):
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     # overlap may be a tensor (the SavedModel's tiled signature takes it as an input)
-    overlap = tf.clip_by_value(tf.cast(overlap, tf.float32), 0.0, 0.99)
+    overlap = tf.cast(overlap, tf.float32)
     strides = [tf.maximum(1, tf.cast(tf.round(side * (1 - overlap)), tf.int32)) for side in tile]
     overlaps = [side - stride for side, stride in zip(tile, strides)]
     ys = _origins(height, tile[0], strides[0])
@@ -221,6 +230,20 @@ def _tiled(model_fn, image, contract, tile, overlap, batch_size):
     _, total, weight_sum = tf.while_loop(lambda start, *_: start < count, step,
                                          (tf.constant(0), total, weight_sum))
     return total / weight_sum, tf.ones([height, width], tf.bool)
+
+
+def check_tile_overlap(overlap):
+    """0 <= overlap <= MAX_TILE_OVERLAP, or one clear error: a ValueError for a number, an
+    InvalidArgumentError from the graph for a tensor (the SavedModel's tiled signature)."""
+    message = (f"--tile_overlap: expected 0 <= overlap <= {MAX_TILE_OVERLAP} (more recomputes "
+               "every pixel over 16 times: millions of windows near 1)")
+    if isinstance(overlap, (int, float)):
+        if not 0 <= overlap <= MAX_TILE_OVERLAP:
+            raise ValueError(f"--tile_overlap={overlap}: " + message.partition(": ")[2])
+        return
+    overlap = tf.cast(overlap, tf.float32)
+    tf.debugging.assert_greater_equal(overlap, 0.0, message=message)
+    tf.debugging.assert_less_equal(overlap, MAX_TILE_OVERLAP, message=message)
 
 
 def _flips(tta):

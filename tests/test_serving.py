@@ -161,3 +161,58 @@ def test_float32_copy_of_a_mixed_precision_model_computes_the_same(tmp_path):
     images = np.random.default_rng(5).integers(0, 256, (2, 32, 32, 1), dtype=np.uint8)
     a, b = np.asarray(mixed(images), np.float32), np.asarray(copy(images))
     assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.95  # bf16 rounding apart
+
+
+def _ops_and_xla_marks(saved_model_dir):
+    """Every op of a SavedModel's graph and functions, and whether any function or node
+    carries _XlaMustCompile (which TF Serving, built without XLA's JIT, cannot run)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    proto = saved_model_pb2.SavedModel()
+    with open(f"{saved_model_dir}/saved_model.pb", "rb") as handle:
+        proto.ParseFromString(handle.read())
+    ops, marked = set(), False
+    for graph in proto.meta_graphs:
+        functions = list(graph.graph_def.library.function)
+        nodes = list(graph.graph_def.node) + [n for f in functions for n in f.node_def]
+        ops |= {node.op for node in nodes}
+        marked |= any(n.attr["_XlaMustCompile"].b for n in nodes if "_XlaMustCompile" in n.attr)
+        marked |= any(f.attr["_XlaMustCompile"].b for f in functions if "_XlaMustCompile" in f.attr)
+    return ops, marked
+
+
+@pytest.mark.parametrize("policy", augment.RESIZE_POLICIES)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_exported_graph_runs_without_xla(policy, channels, tmp_path):
+    """A contract trained with the XLA kernels (the host default) still exports a graph of
+    plain TF ops: no Xla* op, nothing marked _XlaMustCompile."""
+    contract = serving.InputContract((32, 32), policy, channels, 2, xla=True)
+    path = export.export_saved_model(_unet(channels, 2), str(tmp_path / "sm"), contract)
+    ops, marked = _ops_and_xla_marks(path)
+    assert "ImageProjectiveTransformV3" in ops or "GatherNd" in ops or policy == "stretch"
+    assert not marked and not sorted(op for op in ops if op.startswith("Xla"))
+
+
+@pytest.mark.parametrize("policy", ["stretch", "pad"])
+def test_logits_keep_their_value_up_to_the_border(policy):
+    """A constant logit map scaled back 4x: every pixel the model saw holds the constant,
+    corners too (a zero fill past the outermost logit centres scaled a corner by ~0.4)."""
+    size = (128, 96) if policy == "pad" else (128, 128)
+    matrix = augment.resize_matrix(tf.constant(size), (32, 32), policy)
+    back, seen = serving.to_original(tf.fill([32, 32, 2], 3.0), matrix, tf.constant(size))
+    seen = seen.numpy()
+    assert seen[0, 0] and seen[-1, -1] and seen.mean() > 0.99
+    np.testing.assert_allclose(back.numpy()[seen], 3.0, rtol=1e-6)
+
+
+def test_tile_overlap_is_bounded_in_the_signature_and_the_tools(tmp_path):
+    with pytest.raises(ValueError, match="--tile_overlap=0.99"):
+        serving.check_tile_overlap(0.99)
+    serving.check_tile_overlap(serving.MAX_TILE_OVERLAP)
+    contract = serving.InputContract((32, 32), "stretch", 1, 2)
+    served = tf.saved_model.load(export.export_saved_model(_unet(1, 2), str(tmp_path / "sm"),
+                                                           contract))
+    images = tf.zeros([1, 64, 64, 1], tf.uint8)
+    out = served.signatures["tiled"](images=images, tile_overlap=tf.constant(0.5))
+    assert out["mask"].shape[1:3] == (64, 64)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="tile_overlap"):
+        served.signatures["tiled"](images=images, tile_overlap=tf.constant(0.99))

@@ -107,6 +107,9 @@ def test_predict_bad_input_one_clear_line(trained_run, tmp_path):
         (["--input=" + str(inputs), f"--output={tmp_path / 'o3'}", "--resize=crop"],
          "--resize=crop contradicts"),
         (["--input=" + str(inputs), f"--output={tmp_path / 'o4'}", "--tile=big"], "--tile="),
+        # a stride of 1% of the window: millions of windows on a large image
+        (["--input=" + str(inputs), f"--output={tmp_path / 'o6'}", "--tile=model",
+          "--tile_overlap=0.99"], "--tile_overlap=0.99"),
     ]
     for args, message in cases:
         result = tool("predict.py", model, *args, check=False)
