@@ -1,4 +1,5 @@
-"""SavedModel export and loading a trained model for inference, both through segdata.serving.
+"""Exports of a trained model: SavedModel (through segdata.serving), TFLite and ONNX (the
+network at its training size). Loading any of them for inference: segdata.inference.
 
 The SavedModel serves raw uint8 images of any size exactly as training mapped them (its
 input contract travels inside it) and has three signatures:
@@ -71,60 +72,6 @@ def export_saved_model(model, path, contract):
     return path
 
 
-class Predictor:
-    """A trained model behind the one inference path: logits(image) at the image's own
-    pixels, mapped as the model's input contract says."""
-
-    def __init__(self, model_fn, contract):
-        self.model_fn, self.contract = model_fn, contract
-        self._run = tf.function(self._logits, reduce_retracing=True)
-
-    def _logits(self, image, tile, overlap, tta, batch_size):
-        # shapes are relaxed across calls; the channels are the contract's (see logits)
-        image = tf.ensure_shape(image, [None, None, self.contract.channels])
-        return serving.predict_logits(self.model_fn, image, self.contract, tile, overlap, tta,
-                                      batch_size)
-
-    def logits(self, image, tile=None, overlap=0.25, tta="none", batch_size=8):
-        """uint8 (h, w, c) -> (logits (h, w, K) float32, seen (h, w) bool)."""
-        if tile not in (None, "model"):
-            tile = tuple(int(v) for v in tile)
-        return self._run(serving.with_model_channels(image, self.contract), tile, float(overlap),
-                         tta, int(batch_size))
-
-
-def load_predictor(path):
-    """A `.keras` file (loaded with safe_mode: no lambda or pickled layers) with the
-    input_contract.json beside it, or a SavedModel folder (its contract is inside)."""
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise ValueError(f"--model={path}: a folder without saved_model.pb; pass "
-                             "RUN_DIR/model.keras or RUN_DIR/export")
-        loaded = tf.saved_model.load(path)
-        if "model" not in loaded.signatures:
-            raise ValueError(f"--model={path}: a SavedModel from before input contracts; "
-                             "re-export it with tools/export.py")
-        contract = serving.InputContract.from_json(loaded.input_contract.numpy().decode())
-        # the closure keeps `loaded` alive: its signatures' variables die with it
-        return Predictor(lambda images: loaded.signatures["model"](images=images)["output_0"],
-                         contract)
-    if not path.endswith(".keras") or not os.path.isfile(path):
-        raise ValueError(f"--model={path}: expected an existing .keras file or SavedModel folder")
-    model = load_keras(path)
-    contract = serving.InputContract.load(os.path.dirname(os.path.abspath(path)))
-    return Predictor(lambda images: model(images, training=False), contract)
-
-
-def load_keras(path):
-    """A SegFlow .keras file, loaded in safe mode. Importing segmodels registers the layers
-    its models use (the encoders' preprocessing, initializers): without it, every encoder
-    model failed to load in the tools with "Could not locate class 'EncoderPreprocess'"."""
-    import keras
-
-    import segmodels  # noqa: F401
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
-
-
 QUANTIZE = ("none", "float16", "int8")
 
 
@@ -167,34 +114,36 @@ def export_tflite(model, path, quantize="none", calibration=None):
     return path
 
 
-def calibration_images(data_dir, contract, count):
-    """Up to `count` training examples as (1, H, W, C) uint8 model inputs, mapped as served:
-    int8 calibration data."""
-    from segdata import records
-    for index, example in enumerate(records.iter_split(data_dir, "train")):
-        if index >= count:
-            return
-        model_input, _, _ = serving.to_model_input(tf.constant(example["image"]), contract)
-        yield model_input.numpy()[None]
+def export_onnx(model, path):
+    """The network at its input size as ONNX (uint8 images in, float32 logits out) through
+    Keras's own export (tf2onnx), written to a temp name, then renamed."""
+    import warnings
+
+    import numpy as np
+    import keras
+    copy = float32_copy(model)
+    copy(np.zeros((1,) + tuple(copy.input_shape[1:]), "uint8"))  # Keras exports called models
+    # Normalization (EfficientNet's input) holds its statistics as tensors made outside the
+    # traced graph, which tf2onnx turns into inputs nobody feeds; as numpy arrays they
+    # become constants of the graph
+    for layer in _all_layers(copy):
+        if isinstance(layer, keras.layers.Normalization):
+            layer.mean, layer.variance = (keras.ops.convert_to_numpy(value)
+                                          for value in (layer.mean, layer.variance))
+    temp = path + ".partial"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # tf2onnx reads np.object
+            copy.export(temp, format="onnx", verbose=False)
+    except ImportError as err:
+        raise ValueError(f"--format=onnx needs tf2onnx and onnx ({err}); they are pinned in "
+                         "requirements.txt: pip install -r requirements.txt") from None
+    os.replace(temp, path)
+    return path
 
 
-class TFLiteModel:
-    """A TFLite file as a model_fn: uint8 batch at the input size -> float32 logits, one
-    image per invoke (the interpreter's input shape is fixed at batch 1)."""
-
-    def __init__(self, path, num_threads=None):
-        # one thread is the interpreter's default; TensorFlow uses every core
-        self.interpreter = tf.lite.Interpreter(
-            model_path=path, num_threads=num_threads or len(os.sched_getaffinity(0)))
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-
-    def __call__(self, images):
-        import numpy as np
-        out = []
-        for image in np.asarray(images, np.uint8):
-            self.interpreter.set_tensor(self.input["index"], image[None])
-            self.interpreter.invoke()
-            out.append(self.interpreter.get_tensor(self.output["index"])[0])
-        return np.stack(out)
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)

@@ -129,9 +129,8 @@ def test_tflite_export_agrees_with_keras(trained_run, binary_records, tmp_path):
     >= 98%, with a mean IoU within 0.02 of the Keras model's."""
     import tensorflow as tf
 
-    from segdata import serving
+    from segdata import inference, serving
     from segmodels import metrics
-    from segtrain import export
     model = keras.saving.load_model(str(trained_run / "model.keras"))
     contract = serving.InputContract.load(str(trained_run))
     outputs = {}
@@ -140,7 +139,7 @@ def test_tflite_export_agrees_with_keras(trained_run, binary_records, tmp_path):
         result = tool("export.py", f"--model={trained_run / 'model.keras'}", "--format=tflite",
                       f"--quantize={quantize}", f"--output={out}", "--calibration_examples=20")
         assert "wrote" in result.stdout and out.stat().st_size > 1000
-        outputs[quantize] = export.TFLiteModel(str(out))
+        outputs[quantize] = inference.TFLiteModel(str(out))
     cms = {name: np.zeros((2, 2), np.int64) for name in ("keras", "none", "int8")}
     agree = {"none": 0, "int8": 0}
     pixels = 0

@@ -41,16 +41,16 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
-    from segdata import records, serving
+    from segdata import inference, records, serving
     from segmodels import metrics
     from segtrain import export
 
-    model = export.load_keras(FLAGS.model)
+    model = inference.load_keras(FLAGS.model)
     contract = serving.InputContract.load(os.path.dirname(os.path.abspath(FLAGS.model)))
     work = tempfile.mkdtemp(prefix="segflow-inference-")
     saved = export.export_saved_model(model, os.path.join(work, "saved_model"), contract)
     loaded = tf.saved_model.load(saved)
-    calibration = list(export.calibration_images(FLAGS.data_dir, contract,
+    calibration = list(inference.calibration_images(FLAGS.data_dir, contract,
                                                  FLAGS.calibration_examples))
     # in a tf.function, as predict and evaluate call it (an eager call adds ~60 ms here)
     keras_fn = tf.function(lambda x: model(x, training=False))
@@ -60,7 +60,7 @@ def main(argv):
     for quantize in export.QUANTIZE:
         path = os.path.join(work, f"model.{quantize}.tflite")
         export.export_tflite(model, path, quantize, calibration if quantize == "int8" else None)
-        formats[f"tflite_{quantize}"] = (path, export.TFLiteModel(path))
+        formats[f"tflite_{quantize}"] = (path, inference.TFLiteModel(path))
 
     examples = []
     for example in records.iter_split(FLAGS.data_dir, FLAGS.split):

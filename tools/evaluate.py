@@ -102,12 +102,12 @@ def figure(scores, path):
 
 def main(argv):
     del argv
-    from segdata import serving
-    from segtrain import cli, export
+    from segdata import inference, serving
+    from segtrain import cli
     try:
         if FLAGS.tile:
             serving.check_tile_overlap(FLAGS.tile_overlap)
-        predictor = export.load_predictor(FLAGS.model)
+        predictor = inference.load(FLAGS.model)
         predictor.contract.check(resize=FLAGS.resize, image_size=cli.parse_image_size(
             FLAGS.image_size) if FLAGS.image_size else None)
         scores = evaluate(predictor, FLAGS.data_dir, FLAGS.split, FLAGS.original_size,

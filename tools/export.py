@@ -19,13 +19,16 @@ import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "RUN_DIR/model.keras (input_contract.json beside it).")
-flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite"], "What to write.")
+flags.DEFINE_enum("format", "saved_model", ["saved_model", "tflite", "onnx"], "What to write: "
+                  "onnx and tflite hold the network at its training size (uint8 in, float32 "
+                  "logits out), the input contract beside them.")
 flags.DEFINE_enum("quantize", "none", ["none", "float16", "int8"], "TFLite only: float16 "
                   "weights, or int8 weights and activations calibrated on --data_dir.")
 flags.DEFINE_string("data_dir", "", "Records for int8 calibration; default the run's --data_dir.")
 flags.DEFINE_integer("calibration_examples", 300, "Training examples for int8 calibration.",
                      lower_bound=1)
-flags.DEFINE_string("output", "", "Default: RUN_DIR/export or RUN_DIR/model[.QUANTIZE].tflite.")
+flags.DEFINE_string("output", "", "Default: RUN_DIR/export, RUN_DIR/model[.QUANTIZE].tflite or "
+                    "RUN_DIR/model.onnx.")
 flags.mark_flag_as_required("model")
 
 
@@ -43,7 +46,7 @@ def run_data_dir(run_dir):
 def main(argv):
     del argv
 
-    from segdata import serving
+    from segdata import inference, serving
     from segtrain import export
     path = FLAGS.model
     run_dir = os.path.dirname(os.path.abspath(path))
@@ -52,12 +55,12 @@ def main(argv):
             raise ValueError(f"--model={path}: expected an existing .keras file")
         if FLAGS.format == "saved_model" and FLAGS.quantize != "none":
             raise ValueError("--quantize is for --format=tflite")
-        model = export.load_keras(path)
+        model = inference.load_keras(path)
         contract = serving.InputContract.load(run_dir)
         if FLAGS.format == "saved_model":
             output = FLAGS.output or os.path.join(run_dir, "export")
             export.export_saved_model(model, output, contract)
-        else:
+        elif FLAGS.format == "tflite":
             suffix = "" if FLAGS.quantize == "none" else f".{FLAGS.quantize}"
             output = FLAGS.output or os.path.join(run_dir, f"model{suffix}.tflite")
             calibration = None
@@ -65,9 +68,14 @@ def main(argv):
                 data_dir = FLAGS.data_dir or run_data_dir(run_dir)
                 if not data_dir:
                     raise ValueError("--quantize=int8: pass --data_dir (calibration images)")
-                calibration = list(export.calibration_images(data_dir, contract,
-                                                             FLAGS.calibration_examples))
+                calibration = list(inference.calibration_images(data_dir, contract,
+                                                                FLAGS.calibration_examples))
             export.export_tflite(model, output, FLAGS.quantize, calibration)
+        if FLAGS.format == "onnx":
+            output = FLAGS.output or os.path.join(run_dir, "model.onnx")
+            export.export_onnx(model, output)
+        if FLAGS.format != "saved_model" and os.path.dirname(os.path.abspath(output)) != run_dir:
+            contract.save(os.path.dirname(os.path.abspath(output)))  # read beside the file
     except ValueError as err:
         sys.stderr.write(f"export: error: {err}\n")
         return 1

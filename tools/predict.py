@@ -80,11 +80,10 @@ def main(argv):
             raise ValueError(f"--output={FLAGS.output} is a file; pass a folder")
         tile = cli.parse_tile(FLAGS.tile)
         paths = list_inputs(FLAGS.input)
-        from segdata import serving
-        from segtrain import export
+        from segdata import inference, serving
         if tile:
             serving.check_tile_overlap(FLAGS.tile_overlap)
-        predictor = export.load_predictor(FLAGS.model)
+        predictor = inference.load(FLAGS.model)
         predictor.contract.check(resize=FLAGS.resize, image_size=cli.parse_image_size(
             FLAGS.image_size) if FLAGS.image_size else None)
         palette = None
