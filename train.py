@@ -13,14 +13,19 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from segtrain import startup  # noqa: E402
+
+startup.quiet_tensorflow_import()  # before segmodels: Keras imports TensorFlow
 import segmodels  # noqa: E402  (registries and choices below become flag enums)
 from segtrain import cli, distribute, optim  # noqa: E402
 
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.abspath(__file__))
+# runs/ and .cache/ go here: the clone, or the current directory for the installed
+# segflow-train (segtrain.startup)
+ROOT = os.environ.get("SEGFLOW_HOME") or os.path.dirname(os.path.abspath(__file__))
 
 # Names scripts and job files depend on: keep them exactly.
 flags.DEFINE_string("data_dir", None, "Records folder from tools/prepare_dataset.py. Unset: the "
@@ -424,8 +429,7 @@ def main(argv):
     if len(argv) > 1:
         sys.stderr.write(f"train.py: error: unexpected arguments {argv[1:]}\n")
         return 2
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TF's INFO lines (saver sharding...) drown ours
+    startup.quiet_python_logs()  # TF's INFO lines (saver sharding...) drown ours
     from segdata.records import RecordsError
     from segtrain.loop import NanLossError
     try:

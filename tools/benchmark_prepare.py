@@ -25,7 +25,8 @@ import time
 from absl import app, flags
 from PIL import Image
 
-import _bootstrap  # noqa: F401  (puts the project on sys.path)
+if not __package__:  # run as a file (python tools/x.py), not as tools.x
+    import _bootstrap  # noqa: F401  (puts the project on sys.path)
 from segdata import prepare, sources, synthetic
 
 FLAGS = flags.FLAGS

@@ -14,7 +14,8 @@ import time
 import numpy as np
 from absl import app, flags
 
-import _bootstrap  # noqa: F401  (puts the project on sys.path)
+if not __package__:  # run as a file (python tools/x.py), not as tools.x
+    import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("size", 512, "Square image side.")

@@ -16,7 +16,8 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401  (puts the project on sys.path)
+if not __package__:  # run as a file (python tools/x.py), not as tools.x
+    import _bootstrap  # noqa: F401  (puts the project on sys.path)
 from segdata import atomic
 
 FLAGS = flags.FLAGS
@@ -102,6 +103,8 @@ def figure(scores, path):
 
 def main(argv):
     del argv
+    from segtrain import startup
+    startup.quiet_python_logs()
     from segdata import inference, serving
     from segtrain import cli
     try:

@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401  (puts the project on sys.path)
+if not __package__:  # run as a file (python tools/x.py), not as tools.x
+    import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "RUN_DIR/model.keras (input_contract.json beside it).")
@@ -45,6 +46,8 @@ def run_data_dir(run_dir):
 
 def main(argv):
     del argv
+    from segtrain import startup
+    startup.quiet_python_logs()
 
     from segdata import inference, serving
     from segtrain import export

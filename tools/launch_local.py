@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-import _bootstrap
+import _bootstrap  # noqa: E402  (puts the project on sys.path; ROOT used below)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("workers", 2, "Number of worker processes.")

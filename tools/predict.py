@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401  (puts the project on sys.path)
+if not __package__:  # run as a file (python tools/x.py), not as tools.x
+    import _bootstrap  # noqa: F401  (puts the project on sys.path)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "RUN_DIR/model.keras or RUN_DIR/export.")
@@ -72,6 +73,8 @@ def predict_files(paths, predictor, tile, overlap, tta, batch_size, on_error="fa
 
 def main(argv):
     del argv
+    from segtrain import startup
+    startup.quiet_python_logs()
     from segdata import validate, visualize
     from segtrain import cli
     try:

@@ -7,7 +7,8 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401  (puts the project on sys.path)
+if not __package__:  # run as a file (python tools/x.py), not as tools.x
+    import _bootstrap  # noqa: F401  (puts the project on sys.path)
 from segdata import prepare, sources, validate
 
 FLAGS = flags.FLAGS
@@ -39,6 +40,8 @@ flags.mark_flags_as_required(["input", "output"])
 
 def main(argv):
     del argv
+    from segtrain import startup
+    startup.quiet_python_logs()
     try:
         resize = tuple(int(v) for v in FLAGS.resize) if FLAGS.resize else None
         if resize is not None and len(resize) != 2:

@@ -14,7 +14,7 @@ import sys
 
 from absl import app, flags
 
-import _bootstrap  # noqa: F401
+import _bootstrap  # noqa: E402  (puts the project on sys.path; ROOT used below)
 from segtrain import callbacks, sweep
 
 FLAGS = flags.FLAGS
