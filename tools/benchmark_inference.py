@@ -62,6 +62,8 @@ def main(argv):
         path = os.path.join(work, f"model.{quantize}.tflite")
         export.export_tflite(model, path, quantize, calibration if quantize == "int8" else None)
         formats[f"tflite_{quantize}"] = (path, inference.TFLiteModel(path))
+    onnx_path = export.export_onnx(model, os.path.join(work, "model.onnx"))
+    formats["onnx"] = (onnx_path, inference.OnnxModel(onnx_path))
 
     examples = []
     for example in records.iter_split(FLAGS.data_dir, FLAGS.split):
