@@ -1,6 +1,7 @@
 """Every export checked in the runtime that serves it: ONNX in onnxruntime, TFLite in the
 standalone LiteRT interpreter (float32, float16, int8), model.keras under Keras's JAX
-backend; each model family, tiny sizes, a few training steps so the masks mean something."""
+backend; each model family, tiny sizes. Quantized exports are checked on models trained a
+few steps, so that their masks are decisions rather than near-ties of random logits."""
 import json
 import os
 import subprocess
@@ -41,12 +42,16 @@ def _blocks(seed, count=8):
 _TRAINED = {}
 
 
+def built(family):
+    keras.utils.set_random_seed(0)
+    name, options = FAMILIES[family]
+    return segmodels.build_model(name, (SIZE, SIZE, 1), CLASSES, **options)
+
+
 def trained(family):
     """A tiny model of `family` after 20 steps on block images (cached per process)."""
     if family not in _TRAINED:
-        name, options = FAMILIES[family]
-        keras.utils.set_random_seed(0)
-        model = segmodels.build_model(name, (SIZE, SIZE, 1), CLASSES, **options)
+        model = built(family)
         model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=segmodels.build_loss("dice_ce"))
         images, masks = _blocks(0)
         for _ in range(20):
@@ -61,7 +66,7 @@ def _agreement(logits, expected):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_onnx_in_onnxruntime_agrees_with_keras(family, tmp_path):
-    model = trained(family)
+    model = built(family)
     path = export.export_onnx(model, str(tmp_path / "model.onnx"))
     images, _ = _blocks(1)
     got = inference.OnnxModel(path)(images)
@@ -102,7 +107,7 @@ def test_model_keras_runs_under_jax(family, tmp_path):
     """segmodels is Keras-only: a model.keras saved under TensorFlow loads under the JAX
     backend and gives the same logits."""
     pytest.importorskip("jax")
-    model = trained(family)
+    model = built(family)
     images, _ = _blocks(1, count=2)
     np.save(tmp_path / "images.npy", images)
     model.save(tmp_path / "model.keras")
