@@ -39,6 +39,8 @@ def _size_mb(path):
 
 def main(argv):
     del argv
+    from segtrain import startup
+    startup.quiet_python_logs()
     import numpy as np
     import tensorflow as tf
 

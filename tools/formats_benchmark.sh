@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md §8 (issue 22): size, CPU latency per image and agreement with Keras of every
 # export format (Keras, SavedModel, ONNX in onnxruntime, TFLite float32/float16/int8 in
-# LiteRT) for a UNet and a MobileNetV2 UNet briefly trained on the shared membrane data.
+# LiteRT) for a UNet and an EfficientNetB0 UNet briefly trained on the shared membrane data
+# (MobileNetV2's BatchNorm momentum, 0.999, leaves it predicting one class after so few
+# steps from random weights: BENCHMARKS.md §11).
 #   bash tools/formats_benchmark.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/segflow_formats}
 grep -m1 "model name" /proc/cpuinfo; grep -m2 -E "cpu family|^model\s" /proc/cpuinfo | tr '\n' ' '; echo
 python3.11 tools/prepare_dataset.py --input=../shared/data/membrane --output="$work/records" --overwrite
-for model in "unet --base_filters=16" "unet --encoder=mobilenetv2"; do
+for model in "unet --base_filters=16" "unet --encoder=efficientnetb0"; do
   name=$(echo "$model" | sed 's/--encoder=//; s/--base_filters=16/classic/; s/ /_/g')
   # shellcheck disable=SC2086
   python3.11 train.py --model=$model --data_dir="$work/records" --model_dir="$work/$name" \
