@@ -215,28 +215,29 @@ def _check_run_folder(model_dir):
         return
     with open(flagfile) as handle:
         previous = handle.read()
-    changed = cli.changed_flags(previous, {n: FLAGS[n].serialize() for n in RESUME_FLAGS},
-                                RESUME_FLAGS)
-    if changed:
-        raise ValueError(
-            f"--model_dir={model_dir} holds a run started with "
-            + ", ".join(f"{before} (now {now})" for _, before, now in changed)
-            + f" ({flagfile}); its backup cannot resume with other model flags. Pass a new "
-            "--model_dir, or the same flags to resume.")
+
+    def changed(names):
+        return cli.changed_flags(previous, {n: FLAGS[n].serialize() for n in names}, names)
+
+    def started_with(changes):
+        return (f"--model_dir={model_dir} holds a run started with "
+                + ", ".join(f"{before} (now {now})" for _, before, now in changes)
+                + f" ({flagfile})")
+    model_changes = changed(RESUME_FLAGS)
+    if model_changes:
+        raise ValueError(started_with(model_changes) + "; its backup cannot resume with other "
+                         "model flags. Pass a new --model_dir, or the same flags to resume.")
     was = cli.flag_lines(previous)
-    scheduled = any(line not in ("--lr_schedule=constant", None) for line in (
-        was.get("lr_schedule"), FLAGS["lr_schedule"].serialize())) or any(
-        float(line.partition("=")[2]) for line in (was.get("warmup_epochs", "--w=0"),
-                                                   FLAGS["warmup_epochs"].serialize()))
-    changed = cli.changed_flags(previous, {n: FLAGS[n].serialize() for n in SCHEDULE_FLAGS},
-                                SCHEDULE_FLAGS)
-    if scheduled and changed:
+    scheduled_before = (was.get("lr_schedule", "--lr_schedule=constant") != "--lr_schedule=constant"
+                        or float(was.get("warmup_epochs", "=0").partition("=")[2]) > 0)
+    scheduled_now = FLAGS.lr_schedule != "constant" or FLAGS.warmup_epochs > 0
+    schedule_changes = changed(SCHEDULE_FLAGS)
+    if (scheduled_before or scheduled_now) and schedule_changes:
         raise ValueError(
-            f"--model_dir={model_dir} holds a run started with "
-            + ", ".join(f"{before} (now {now})" for _, before, now in changed)
-            + f" ({flagfile}): a warm-up or decaying learning-rate schedule is fixed when a "
-            "run starts, and resuming with another would jump the learning rate. Resume with "
-            + " ".join(before for _, before, _ in changed) + ", or pass a new --model_dir.")
+            started_with(schedule_changes) + ": a warm-up or decaying learning-rate schedule is "
+            "fixed when a run starts, and resuming with another would jump the learning rate. "
+            "Resume with " + " ".join(before for _, before, _ in schedule_changes)
+            + ", or pass a new --model_dir.")
 
 
 def _write_flags(model_dir):
@@ -345,9 +346,11 @@ def run():
     start_epoch = backup.latest_epoch()
     trained_in = backup.saved_precision()
     if start_epoch and trained_in and trained_in != precision:
-        scale = {"mixed_float16": "; its float16 loss scale is dropped"}.get(trained_in, "")
+        scale = ""
         if precision == "mixed_float16":
             scale = "; the float16 loss scale starts at its initial value"
+        elif trained_in == "mixed_float16":
+            scale = "; its float16 loss scale is dropped"
         _log(f"resuming a {trained_in} run in {precision}: the weights and the optimizer's "
              f"step, moments and schedule position carry over{scale}")
     config = augment.AugmentConfig.from_flags(FLAGS)

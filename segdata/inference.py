@@ -81,8 +81,8 @@ def _numpy_model_fn(runtime, contract):
 
 def load_keras(path):
     """A SegFlow .keras file, loaded in safe mode. Importing segmodels registers the layers
-    its models use (the encoders' preprocessing, initializers): without it, every encoder
-    model failed to load in the tools with "Could not locate class 'EncoderPreprocess'"."""
+    its models use (the encoders' preprocessing, initializers), which Keras cannot
+    deserialize otherwise."""
     import keras
 
     import segmodels  # noqa: F401

@@ -235,12 +235,13 @@ def _tiled(model_fn, image, contract, tile, overlap, batch_size):
 def check_tile_overlap(overlap):
     """0 <= overlap <= MAX_TILE_OVERLAP, or one clear error: a ValueError for a number, an
     InvalidArgumentError from the graph for a tensor (the SavedModel's tiled signature)."""
-    message = (f"--tile_overlap: expected 0 <= overlap <= {MAX_TILE_OVERLAP} (more recomputes "
-               "every pixel over 16 times: millions of windows near 1)")
+    rule = (f"expected 0 <= overlap <= {MAX_TILE_OVERLAP} (more recomputes every pixel over "
+            "16 times: millions of windows near 1)")
     if isinstance(overlap, (int, float)):
         if not 0 <= overlap <= MAX_TILE_OVERLAP:
-            raise ValueError(f"--tile_overlap={overlap}: " + message.partition(": ")[2])
+            raise ValueError(f"--tile_overlap={overlap}: {rule}")
         return
+    message = f"--tile_overlap: {rule}"
     overlap = tf.cast(overlap, tf.float32)
     tf.debugging.assert_greater_equal(overlap, 0.0, message=message)
     tf.debugging.assert_less_equal(overlap, MAX_TILE_OVERLAP, message=message)

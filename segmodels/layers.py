@@ -55,21 +55,19 @@ def logits_head(x, num_classes, name="logits", upsample=1):
     return keras.layers.Activation("linear", dtype="float32", name=name)(x)
 
 
-def batch_norm_layers(model):
-    """Every BatchNormalization layer of `model`, nested models (an encoder) included."""
-    found = []
+def all_layers(model):
+    """Every layer of `model`, those of nested models (an encoder) included."""
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            found.append(layer)
-        elif hasattr(layer, "layers"):
-            found += batch_norm_layers(layer)
-    return found
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from all_layers(layer)
 
 
 def synchronize_batch_norm(model, synchronized=True):
     """Switches every BatchNorm of `model` to statistics over the global batch, all replicas
     together (TensorFlow backend; read when a training step is traced). Returns how many."""
-    found = batch_norm_layers(model)
+    found = [layer for layer in all_layers(model)
+             if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in found:
         layer.synchronized = synchronized
     return len(found)

@@ -119,14 +119,16 @@ def export_onnx(model, path):
     Keras's own export (tf2onnx), written to a temp name, then renamed."""
     import warnings
 
-    import numpy as np
     import keras
+    import numpy as np
+
+    from segmodels import layers
     copy = float32_copy(model)
     copy(np.zeros((1,) + tuple(copy.input_shape[1:]), "uint8"))  # Keras exports called models
     # Normalization (EfficientNet's input) holds its statistics as tensors made outside the
     # traced graph, which tf2onnx turns into inputs nobody feeds; as numpy arrays they
     # become constants of the graph
-    for layer in _all_layers(copy):
+    for layer in layers.all_layers(copy):
         if isinstance(layer, keras.layers.Normalization):
             layer.mean, layer.variance = (keras.ops.convert_to_numpy(value)
                                           for value in (layer.mean, layer.variance))
@@ -141,9 +143,3 @@ def export_onnx(model, path):
     os.replace(temp, path)
     return path
 
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)

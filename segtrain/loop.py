@@ -327,17 +327,16 @@ class Backup:
         self.precision = tf.Variable(precision, dtype=tf.string, trainable=False,
                                      name="precision")
         self.base_optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-        self.loss_scale = None
-        if self.base_optimizer is not optimizer:
-            self.loss_scale = tf.train.Checkpoint(dynamic_scale=optimizer.dynamic_scale,
-                                                  step_counter=optimizer.step_counter)
+        # the float16 wrapper's own state (none in other precisions)
+        self.loss_scale_variables = {} if self.base_optimizer is optimizer else dict(
+            dynamic_scale=optimizer.dynamic_scale, step_counter=optimizer.step_counter)
         self.children = dict(
             model=model, optimizer=self.base_optimizer, epoch=self.epoch, finished=self.done,
             es_wait=self.wait, best=self.best, best_epoch=self.best_epoch,
             recent_losses=self.recent_losses, recent_classes=self.recent_classes,
             collapse_warning=self.collapse_warning, precision=self.precision)
-        if self.loss_scale is not None:
-            self.children["loss_scale"] = self.loss_scale
+        if self.loss_scale_variables:
+            self.children["loss_scale"] = tf.train.Checkpoint(**self.loss_scale_variables)
         self.checkpoint = tf.train.Checkpoint(**self.children)
         self._loaded = False
         self.read_manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
@@ -381,11 +380,8 @@ class Backup:
         children.pop("precision")  # read by saved_precision(); this run saves its own
         if any(name.startswith("optimizer/inner_optimizer/") for name in saved):
             # written before the wrapper was left out: the optimizer is one level down
-            wrapper = {"inner_optimizer": self.base_optimizer}
-            if self.loss_scale is not None:
-                wrapper.update(dynamic_scale=self.optimizer.dynamic_scale,
-                               step_counter=self.optimizer.step_counter)
-            children["optimizer"] = tf.train.Checkpoint(**wrapper)
+            children["optimizer"] = tf.train.Checkpoint(inner_optimizer=self.base_optimizer,
+                                                        **self.loss_scale_variables)
             children.pop("loss_scale", None)
         try:
             tf.train.Checkpoint(**children).restore(latest).assert_existing_objects_matched()

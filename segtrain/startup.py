@@ -26,14 +26,12 @@ def _stderr_captured():
         os.dup2(capture.fileno(), 2)
         try:
             yield
-        except BaseException:
-            os.dup2(saved, 2)
-            capture.seek(0)
-            sys.stderr.write(capture.read().decode(errors="replace"))
-            raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+            if sys.exc_info()[0] is not None:  # the import failed: show what TF said
+                capture.seek(0)
+                sys.stderr.write(capture.read().decode(errors="replace"))
 
 
 class _QuietTensorFlow(importlib.abc.MetaPathFinder):
