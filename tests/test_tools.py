@@ -159,6 +159,11 @@ def test_tflite_export_agrees_with_keras(trained_run, binary_records, tmp_path):
     bad = tool("export.py", f"--model={trained_run / 'model.keras'}", "--quantize=int8",
                check=False)
     assert bad.returncode == 1 and "--quantize is for --format=tflite" in bad.stderr
+    # ONNX holds float32 weights only: a quantize request is refused, not silently dropped
+    bad = tool("export.py", f"--model={trained_run / 'model.keras'}", "--format=onnx",
+               "--quantize=float16", f"--output={tmp_path / 'x.onnx'}", check=False)
+    assert bad.returncode == 1 and "--quantize is for --format=tflite" in bad.stderr
+    assert "--format=onnx" in bad.stderr and not (tmp_path / "x.onnx").exists()
 
 
 def test_show_dataset_grid(binary_records, tmp_path):

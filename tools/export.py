@@ -56,8 +56,9 @@ def main(argv):
     try:
         if not path.endswith(".keras") or not os.path.isfile(path):
             raise ValueError(f"--model={path}: expected an existing .keras file")
-        if FLAGS.format == "saved_model" and FLAGS.quantize != "none":
-            raise ValueError("--quantize is for --format=tflite")
+        if FLAGS.format != "tflite" and FLAGS.quantize != "none":
+            raise ValueError(f"--quantize is for --format=tflite (got --quantize={FLAGS.quantize} "
+                             f"with --format={FLAGS.format})")
         model = inference.load_keras(path)
         contract = serving.InputContract.load(run_dir)
         if FLAGS.format == "saved_model":
@@ -74,7 +75,7 @@ def main(argv):
                 calibration = list(inference.calibration_images(data_dir, contract,
                                                                 FLAGS.calibration_examples))
             export.export_tflite(model, output, FLAGS.quantize, calibration)
-        if FLAGS.format == "onnx":
+        else:
             output = FLAGS.output or os.path.join(run_dir, "model.onnx")
             export.export_onnx(model, output)
         if FLAGS.format != "saved_model" and os.path.dirname(os.path.abspath(output)) != run_dir:
