@@ -8,6 +8,7 @@ Wiring only: flags -> strategy -> datasets -> model -> the one training loop
 Rerunning the same command resumes from RUN/backup.
 """
 import functools
+import math
 import os
 import sys
 
@@ -34,6 +35,16 @@ flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, logs, metrics.j
                     "Default runs/<model>; the same folder resumes.")
 flags.DEFINE_enum("model", "unet", sorted(segmodels.MODELS), "Model (segmodels.MODELS).")
 flags.DEFINE_string("image_size", "512", "Training size: '512' or 'H,W' e.g. '360,480'.")
+flags.DEFINE_string("train_crop", "", "Native-resolution training: random HxW windows ('256' "
+                    "or 'H,W') of each frame scaled by --data_scale x a random --aug_scale; "
+                    "validation and test then run on whole frames at --data_scale (one canvas, "
+                    "the largest frame). Replaces --image_size and --resize.")
+flags.DEFINE_string("aug_scale", "1,1", "--train_crop: random scale 'MIN,MAX' (log-uniform) "
+                    "around --data_scale, e.g. '0.7,1.4'.")
+flags.DEFINE_float("data_scale", 1.0, "--train_crop: model pixels per source pixel for the "
+                   "whole run (1: native; 0.5 halves every frame, antialiased).")
+flags.DEFINE_float("crop_foreground", 0.0, "--train_crop: probability that a window is "
+                   "centred on a random pixel of a random foreground class in the frame.")
 flags.DEFINE_integer("batch_size", 8, "GLOBAL batch size (divided over replicas).",
                      lower_bound=1)
 flags.DEFINE_integer("epochs", 50, "Maximum epochs (EarlyStopping may stop sooner).",
@@ -166,7 +177,7 @@ SYNTHETIC_DEFAULTS = {
 
 
 # A backup holds these flags' model and optimizer: resuming with other values cannot work.
-RESUME_FLAGS = ("model", "encoder", "image_size", "channels", "base_filters", "depth",
+RESUME_FLAGS = ("model", "encoder", "image_size", "data_scale", "channels", "base_filters", "depth",
                 "batch_norm", "fc_filters", "aspp_filters", "optimizer", "freeze_encoder_epochs")
 # These fix a warm-up or decaying schedule's shape and length when a run starts: resuming
 # with other values would jump the learning rate (a cosine run extended from 2 to 4 epochs
@@ -269,6 +280,37 @@ def _check_data(data_dir, replicas):
     return manifest, steps
 
 
+def _input_geometry(manifest, model_options):
+    """(training size, evaluation size, resize policy, augment.Scaling or None) from the
+    flags: --image_size and --resize, or --train_crop's windows and its evaluation canvas,
+    every val/test frame at --data_scale rounded up to the model's size multiple."""
+    from segdata import augment
+    crop_flags = ("aug_scale", "data_scale", "crop_foreground")
+    if not FLAGS.train_crop:
+        given = [f"--{name}" for name in crop_flags if FLAGS[name].present]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only with --train_crop (native-resolution "
+                             "windows); add --train_crop=H,W or drop them")
+        size = cli.parse_image_size(FLAGS.image_size)
+        return size, size, FLAGS.resize, None
+    for name in ("image_size", "resize"):
+        if FLAGS[name].present:
+            raise ValueError(f"--{name} and --train_crop: windows are cut at --data_scale, "
+                             f"not resized to one size; drop --{name}")
+    crop = cli.parse_image_size(FLAGS.train_crop, "train_crop")
+    scaling = augment.Scaling(FLAGS.data_scale, cli.parse_range(FLAGS.aug_scale, "aug_scale"),
+                              FLAGS.crop_foreground)
+    multiple = segmodels.size_multiple(FLAGS.model, model_options)
+    if crop[0] % multiple or crop[1] % multiple:
+        raise ValueError(f"--train_crop={FLAGS.train_crop}: --model={FLAGS.model} needs sides "
+                         f"that are multiples of {multiple}")
+    frames = [manifest["splits"][split]["max_size"] for split in ("val", "test")
+              if manifest["splits"][split]["count"]]
+    canvas = tuple(-(-math.ceil(max(size[axis] for size in frames) * FLAGS.data_scale - 1e-6)
+                     // multiple) * multiple for axis in (0, 1))
+    return crop, canvas, augment.SCALE, scaling
+
+
 def _loss_fn(manifest):
     from segmodels import losses
     weights = None
@@ -296,8 +338,9 @@ def run():
     _apply_encoder_defaults()
     data_dir = FLAGS.data_dir or _synthetic_records()
     model_dir = FLAGS.model_dir or os.path.join(ROOT, "runs", FLAGS.model)
-    image_size = cli.parse_image_size(FLAGS.image_size)
     manifest, steps = _check_data(data_dir, strategy.num_replicas_in_sync)
+    model_options = segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict())
+    image_size, eval_size, resize, scaling = _input_geometry(manifest, model_options)
     num_classes, ignore = manifest["num_classes"], manifest["ignore_label"]
     channels = FLAGS.channels or manifest.get("channels", 3)
     if FLAGS.monitor not in loop.MONITORS:
@@ -313,12 +356,16 @@ def run():
     slow = distribute.slow_precision_warning(precision)
     if slow:
         _log(f"warning: {slow}")
+    geometry = (f"image_size={image_size}" if scaling is None else
+                f"train_crop={image_size} data_scale={scaling.data_scale} aug_scale="
+                f"{scaling.aug_scale} crop_foreground={scaling.foreground} eval_canvas={eval_size}")
     _log(f"{distribute.describe(strategy)} precision={precision} model={FLAGS.model} "
-         f"image_size={image_size} batch={FLAGS.batch_size} steps/epoch={steps} "
+         f"{geometry} batch={FLAGS.batch_size} steps/epoch={steps} "
          f"num_classes={num_classes} data={data_dir}")
+    # windows and whole frames differ in size: one fully convolutional model takes both
+    input_shape = (image_size if scaling is None else (None, None)) + (channels,)
     with strategy.scope():
-        model = segmodels.build_model(FLAGS.model, image_size + (channels,), num_classes,
-                                      **segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict()))
+        model = segmodels.build_model(FLAGS.model, input_shape, num_classes, **model_options)
         if FLAGS.sync_batch_norm:
             synchronized = segmodels.layers.synchronize_batch_norm(model)
             if not synchronized:
@@ -355,14 +402,13 @@ def run():
              f"step, moments and schedule position carry over{scale}")
     config = augment.AugmentConfig.from_flags(FLAGS)
     mask_fill = ignore if FLAGS.mask_fill < 0 else FLAGS.mask_fill
-    options = dict(image_size=image_size, augment_config=config, resize=FLAGS.resize,
-                   channels=channels, mask_fill=mask_fill, cache=FLAGS.cache,
-                   skip_corrupt=FLAGS.skip_corrupt)
+    options = dict(augment_config=config, resize=resize, channels=channels, mask_fill=mask_fill,
+                   cache=FLAGS.cache, skip_corrupt=FLAGS.skip_corrupt, scaling=scaling)
 
     def train_fn(context):
         per_replica = context.get_per_replica_batch_size(FLAGS.batch_size)
         dataset = pipeline.make_dataset(
-            data_dir, "train", per_replica, seed=FLAGS.seed,
+            data_dir, "train", per_replica, image_size=image_size, seed=FLAGS.seed,
             input_context=context, augment_on=FLAGS.augment_on,
             start_index=start_epoch * steps * per_replica, on_service=bool(FLAGS.data_service),
             **options)
@@ -375,7 +421,7 @@ def run():
     def eval_dataset(split):
         return strategy.distribute_datasets_from_function(lambda context: pipeline.make_dataset(
             data_dir, split, context.get_per_replica_batch_size(FLAGS.batch_size),
-            input_context=context, pad_batches=True, **options))
+            input_context=context, pad_batches=True, image_size=eval_size, **options))
 
     preprocess = None
     if FLAGS.augment_on == "device":
@@ -385,7 +431,8 @@ def run():
         if FLAGS.freeze_encoder_epochs else None
     trainer = loop.Trainer(strategy, model, optimizer, _loss_fn(manifest), num_classes, ignore,
                            preprocess, FLAGS.jit_compile, FLAGS.steps_per_loop, freeze)
-    sample = next(iter(pipeline.make_dataset(data_dir, "val", 4, **options))) if is_chief else None
+    sample = next(iter(pipeline.make_dataset(data_dir, "val", 4, image_size=eval_size,
+                                             **options))) if is_chief else None
     callback_list = keras.callbacks.CallbackList(callbacks.make_callbacks(
         model_dir, FLAGS.monitor, FLAGS.mode, FLAGS.patience, FLAGS.min_delta, is_chief,
         start_epoch, (sample["image"], sample["mask"]) if sample else None), model=model)
@@ -415,11 +462,19 @@ def run():
          f"pixel_accuracy={test['pixel_accuracy']:.4f}")
     if FLAGS.export:
         # the contract travels with the model: predict, evaluate and the SavedModel read it
-        contract = serving.InputContract(image_size, FLAGS.resize, channels, num_classes, ignore,
-                                         manifest.get("class_names"), FLAGS.aug_xla)
+        contract = serving.InputContract(
+            eval_size, resize, channels, num_classes, ignore, manifest.get("class_names"),
+            FLAGS.aug_xla, scaling.data_scale if scaling else None,
+            image_size if scaling else None)
         # statistics of a global batch are a training matter, and a TensorFlow-only option
         # that other Keras backends refuse to load
         segmodels.layers.synchronize_batch_norm(model, False)
+        if scaling is not None:
+            # exported at the canvas: every format, and serving's signature, has one input size
+            served = segmodels.build_model(FLAGS.model, eval_size + (channels,), num_classes,
+                                           **model_options)
+            served.set_weights(model.get_weights())
+            model = served
         model.save(os.path.join(model_dir, "model.keras"))
         contract.save(model_dir)
         export.export_saved_model(model, os.path.join(model_dir, "export"), contract)

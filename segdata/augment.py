@@ -24,7 +24,36 @@ import tensorflow as tf
 from segdata import kernels
 
 RESIZE_POLICIES = ("stretch", "pad", "crop")
+# Native resolution (train.py --train_crop): the frame scaled by a factor, not to a size
+SCALE = "scale"
+POLICIES = RESIZE_POLICIES + (SCALE,)
 FILL_MODES = kernels.FILL_MODES
+# A mapping that shrinks a frame more than this (input pixels per output pixel) blurs it
+# first (antialias): a bilinear read of every n-th pixel aliases thin structures
+ANTIALIAS_ABOVE = 1.5
+MAX_BLUR_LEVELS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    """The "scale" policy: model pixels per source pixel, `data_scale` times a random factor
+    drawn log-uniformly from `aug_scale` when training (1, 1: none); the training window is
+    then placed at random inside the scaled frame, or, with probability `foreground`,
+    centred on a random pixel of a random foreground class present in the frame (nnU-Net's
+    foreground oversampling). Evaluation places the scaled frame at the canvas's top left."""
+    data_scale: float = 1.0
+    aug_scale: tuple = (1.0, 1.0)
+    foreground: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "aug_scale", tuple(float(v) for v in self.aug_scale))
+        if not self.data_scale > 0:
+            raise ValueError(f"--data_scale={self.data_scale}: must be > 0 (1 = native)")
+        low, high = self.aug_scale
+        if not 0 < low <= high:
+            raise ValueError(f"--aug_scale={low},{high}: expected 0 < MIN <= MAX, e.g. 0.7,1.4")
+        if not 0 <= self.foreground <= 1:
+            raise ValueError(f"--crop_foreground={self.foreground}: a probability in [0, 1]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,13 +145,71 @@ def _scale(sx, sy):
     return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]])
 
 
-def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False):
+def _window_offset(seed, k, scaled, out, centre, centred):
+    """Where a window of `out` pixels starts in a scaled side of `scaled` pixels: anywhere
+    it overlaps the most frame (inside it, or holding all of it when the frame is smaller),
+    or as near as that allows to centring on `centre` (scaled pixels)."""
+    low, high = tf.minimum(0.0, scaled - out), tf.maximum(0.0, scaled - out)
+    anywhere = low + _uniform(seed, k, 0, 1) * (high - low)
+    return tf.where(centred, tf.clip_by_value(centre - out / 2, low, high), anywhere)
+
+
+def foreground_pixel(mask, seed, ignore_label=255):
+    """(found, y, x): a random pixel (float32 centre) of a class drawn uniformly among the
+    foreground classes (not 0, not `ignore_label`) present in the (h, w, 1) mask."""
+    labels = tf.cast(mask[..., 0], tf.int32)
+    present = tf.math.bincount(tf.reshape(labels, [-1]), minlength=256, maxlength=256) > 0
+    present = present & (tf.range(256) != 0) & (tf.range(256) != ignore_label)
+    classes = tf.cast(tf.where(present)[:, 0], tf.int32)
+    found = tf.size(classes) > 0
+
+    def pick():
+        which = tf.cast(_uniform(seed, 111, 0, 1) * tf.cast(tf.size(classes), tf.float32),
+                        tf.int32)
+        pixels = tf.where(tf.equal(labels, classes[tf.minimum(which, tf.size(classes) - 1)]))
+        count = tf.shape(pixels)[0]
+        index = tf.minimum(tf.cast(_uniform(seed, 112, 0, 1) * tf.cast(count, tf.float32),
+                                   tf.int32), count - 1)
+        return tf.cast(pixels[index], tf.float32) + 0.5
+    y_x = tf.cond(found, pick, lambda: tf.zeros([2]))
+    return found, y_x[0], y_x[1]
+
+
+def _scale_matrix(in_size, out_size, scaling, seed, training, mask, ignore_label):
+    in_h, in_w = tf.cast(in_size[0], tf.float32), tf.cast(in_size[1], tf.float32)
+    out_h, out_w = float(out_size[0]), float(out_size[1])
+    scale = tf.constant(scaling.data_scale, tf.float32)
+    if not training:
+        # x_in = (x_out + 0.5) / scale - 0.5: the frame at the top left, the rest padding
+        return _translate(-0.5, -0.5) @ _scale(1 / scale, 1 / scale) @ _translate(0.5, 0.5)
+    low, high = scaling.aug_scale
+    if high > low:
+        scale = scale * tf.exp(_uniform(seed, 110, math.log(low), math.log(high)))
+    centred, cy, cx = tf.constant(False), 0.0, 0.0
+    if scaling.foreground and mask is not None:
+        chosen = _uniform(seed, 113, 0, 1) < scaling.foreground
+        centred, cy, cx = tf.cond(
+            chosen, lambda: foreground_pixel(mask, seed, ignore_label),
+            lambda: (tf.constant(False), tf.constant(0.0), tf.constant(0.0)))
+    oy = _window_offset(seed, 114, in_h * scale, out_h, cy * scale, centred)
+    ox = _window_offset(seed, 115, in_w * scale, out_w, cx * scale, centred)
+    # x_in = (x_out + 0.5 + ox) / scale - 0.5
+    return _translate(-0.5, -0.5) @ _scale(1 / scale, 1 / scale) @ _translate(ox + 0.5, oy + 0.5)
+
+
+def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False, scaling=None,
+                  mask=None, ignore_label=255):
     """Output pixel -> input pixel for the resize policy.
 
     stretch: fill the output, ignoring aspect ratio (the classic recipe).
     pad:     keep aspect, fit inside, pad the rest (fill value / mask_fill).
     crop:    keep aspect, cover the output, crop: random offset in training, centred otherwise.
+    scale:   `scaling` (a Scaling): scale the frame by a factor, cut a window of the output
+             size (training; `mask` for foreground centring) or place it top left (not).
     """
+    if policy == SCALE:
+        return _scale_matrix(in_size, out_size, scaling or Scaling(), seed, training, mask,
+                             ignore_label)
     in_h, in_w = tf.cast(in_size[0], tf.float32), tf.cast(in_size[1], tf.float32)
     out_h, out_w = float(out_size[0]), float(out_size[1])
     if policy == "stretch":
@@ -137,7 +224,7 @@ def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False
         fx, fy = (_uniform(seed, 101, 0, 1), _uniform(seed, 102, 0, 1)) if training else (0.5, 0.5)
         ox, oy = (in_w - out_w * s) * fx, (in_h - out_h * s) * fy
     else:
-        raise ValueError(f"resize policy {policy!r}: expected one of {RESIZE_POLICIES}")
+        raise ValueError(f"resize policy {policy!r}: expected one of {POLICIES}")
     # x_in = (x_out + 0.5) * sx - 0.5 + ox
     return _translate(ox - 0.5, oy - 0.5) @ _scale(sx, sy) @ _translate(0.5, 0.5)
 
@@ -185,14 +272,17 @@ def resamples(config, policy, training):
     return (training and config.warps) or policy != "stretch"
 
 
-def draw(seed, config, in_size, out_size, channels, policy="stretch", training=True):
+def draw(seed, config, in_size, out_size, channels, policy="stretch", training=True,
+         scaling=None, mask=None, ignore_label=255):
     """The Draw of one example: its seed (int64 [2]), its frame's size, the output size
-    and channels. Photometric and elastic draws only when training."""
+    and channels (and for the scale policy its Scaling and mask). Photometric and elastic
+    draws only when training."""
     config = config or AugmentConfig()
     flips = training and (config.hflip or config.vflip)
     values = {}
     if resamples(config, policy, training):
-        matrix = resize_matrix(in_size, out_size, policy, seed, training)
+        matrix = resize_matrix(in_size, out_size, policy, seed, training, scaling, mask,
+                               ignore_label)
         if training and (config.warps or flips):
             # flips fold into the one matrix; the same draws (fold_in keys) as _flips
             matrix = matrix @ augmentation_matrix(seed, config, out_size)
@@ -242,25 +332,73 @@ def to_gray(image, xla=True):
     return (_gray_xla if xla else _gray)(image)
 
 
-# Inputs to the XLA kernel are padded up to a multiple of this, so that datasets of many
-# frame sizes compile a few times, not once per size (each compile stalls its worker).
+# Inputs to the XLA kernel are padded up to a multiple of this, so that frames of many sizes
+# compile a few times, not once per size (each compile stalls its worker); the pipeline pads
+# to one canvas per dataset instead (`pad_to`): one compile per run.
 _PAD_TO = 64
 
 
-def _pad_to_bucket(x):
+def _pad_for_kernel(x, pad_to=None):
     size = tf.shape(x)[:2]
-    extra = -size % _PAD_TO
+    extra = tf.maximum(tf.constant(pad_to) - size, 0) if pad_to else -size % _PAD_TO
     # tf.pad copies even when nothing is added
     return tf.cond(tf.reduce_any(extra > 0),
                    lambda: tf.pad(x, [[0, extra[0]], [0, extra[1]], [0, 0]]), lambda: x)
 
 
+def shrink_factor(matrix):
+    """Input pixels per output pixel of an output -> input matrix, along its less shrunk
+    axis (a blur for the other would soften this one too)."""
+    return tf.minimum(tf.norm(matrix[:2, 0]), tf.norm(matrix[:2, 1]))
+
+
+def blur_levels(shrink):
+    """0 up to ANTIALIAS_ABOVE, then one more per doubling of the shrink."""
+    levels = tf.floor(tf.math.log(shrink / ANTIALIAS_ABOVE) / math.log(2.0)) + 1
+    return tf.cast(tf.clip_by_value(levels, 0, MAX_BLUR_LEVELS), tf.int32)
+
+
+def antialias(image, levels):
+    """`levels` passes of the [1, 2, 1] / 4 filter along each axis, dilated 1, 2, 4, ...:
+    the a-trous B-spline pyramid kept at full resolution, a centred low-pass ~2^(levels+1)
+    pixels wide, so the resampling that follows reads the same coordinates, only from a
+    frame without the detail it cannot represent. Edges repeat their pixel."""
+    def smooth(x, step, axis):
+        length = tf.shape(x)[axis]
+        index = tf.range(length)
+        before = tf.gather(x, tf.maximum(index - step, 0), axis=axis)
+        after = tf.gather(x, tf.minimum(index + step, length - 1), axis=axis)
+        return (before + 2 * x + after) / 4
+    x = tf.cast(image, tf.float32)
+    for level in range(MAX_BLUR_LEVELS):
+        x = tf.cond(level < levels,
+                    lambda x=x, step=2 ** level: smooth(smooth(x, step, 0), step, 1),
+                    lambda x=x: x)
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), image.dtype)
+
+
+def _resize_plain(image, mask, out_size):
+    """The plain stretch (no matrix): tf.image.resize, antialiased past ANTIALIAS_ABOVE."""
+    in_size = tf.cast(tf.shape(image)[:2], tf.float32)
+    shrink = tf.reduce_min(in_size / tf.constant(out_size, tf.float32))
+    resized = tf.cond(shrink > ANTIALIAS_ABOVE,
+                      lambda: tf.image.resize(image, out_size, antialias=True),
+                      lambda: tf.image.resize(image, out_size, antialias=False))
+    return (tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8),
+            tf.image.resize(mask, out_size, method="nearest"))
+
+
 def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
-                    mask_fill=255, channels=None):
+                    mask_fill=255, channels=None, scaling=None, ignore_label=255, pad_to=None):
     """(h, w, c) uint8 image and (h, w, 1) mask -> out_size, jointly augmented.
 
     `config=None` (evaluation) applies only the resize policy. `channels=3` returns a
     1-channel image as RGB, repeated last (everything else runs on 1 channel).
+    `scaling`: the Scaling of the "scale" policy; `ignore_label`: not a foreground class
+    (Scaling.foreground). `pad_to`: (h, w) the XLA kernel's input canvas (every frame of
+    the dataset fits), else frames are padded to multiples of 64.
+    A mapping that shrinks the frame past ANTIALIAS_ABOVE blurs the image first; the mask
+    stays nearest.
     """
     if image.shape.rank != 3 or image.shape[-1] not in (1, 3):
         raise ValueError(f"augment_example: image shape {image.shape}: expected (h, w, 1) or "
@@ -268,24 +406,25 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     config = config or AugmentConfig()
     out_size = tuple(int(v) for v in out_size)
     in_size = tf.shape(image)[:2]
-    d = draw(seed, config, in_size, out_size, image.shape[-1], policy, training)
+    d = draw(seed, config, in_size, out_size, image.shape[-1], policy, training, scaling, mask,
+             ignore_label)
     if d.gain is not None:
         # contrast centres on the frame's mean: a warp's fill pixels do not pull it down
         d = d._replace(centre=kernels.frame_mean(image[None])[0])
     if d.matrix is None:
         # plain stretch: resize only when the size differs (pre-resized records skip it)
         same = tf.reduce_all(tf.equal(in_size, out_size))
-        image, mask = tf.cond(
-            same, lambda: (image, mask),
-            lambda: (tf.cast(tf.round(tf.image.resize(image, out_size, antialias=False)),
-                             tf.uint8),
-                     tf.image.resize(mask, out_size, method="nearest")))
+        image, mask = tf.cond(same, lambda: (image, mask),
+                              lambda: _resize_plain(image, mask, out_size))
         image = tf.ensure_shape(image, [out_size[0], out_size[1], None])
         in_size = tf.constant(out_size)
+    else:
+        levels = blur_levels(shrink_factor(d.matrix))
+        image = tf.cond(levels > 0, lambda: antialias(image, levels), lambda: image)
     if _does_something(d):
         kernel = kernels.xla if config.xla else kernels.reference
         if config.xla and d.matrix is not None:
-            image, mask = _pad_to_bucket(image), _pad_to_bucket(mask)
+            image, mask = _pad_for_kernel(image, pad_to), _pad_for_kernel(mask, pad_to)
         image, mask = kernel(image[None], mask[None], in_size[None], _batched(d), out_size,
                              config.fill_mode, mask_fill, channels)
         image, mask = image[0], mask[0]

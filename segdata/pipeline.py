@@ -49,7 +49,7 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
                  shuffle=None, seed=0, repeat=None, cache=False, deterministic=None,
                  input_context=None, resize="stretch", channels=0, mask_fill=255,
                  shuffle_buffer=256, augment_on="host", with_ids=False, start_index=0,
-                 skip_corrupt=False, pad_batches=False, on_service=False):
+                 skip_corrupt=False, pad_batches=False, on_service=False, scaling=None):
     """Batches (dicts, see above) from a records folder.
 
     Training defaults (split == "train"): shuffle, repeat, augment, drop the last
@@ -70,14 +70,17 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     examples; the seeds' first part is then a random number drawn per example instead of
     `seed`, so no two workers give an example the same seed (the service's order is not
     reproducible anyway).
+    `resize="scale"` with `scaling` (augment.Scaling): native-resolution windows of
+    `image_size` in training, whole frames at `scaling.data_scale` on an `image_size` canvas
+    otherwise.
     """
     training = split == "train"
     shuffle = training if shuffle is None else shuffle
     repeat = training if repeat is None else repeat
     deterministic = True if deterministic is None else deterministic
     out_size = tuple(int(v) for v in image_size)
-    if resize not in augment.RESIZE_POLICIES:
-        raise ValueError(f"resize={resize!r}: expected one of {augment.RESIZE_POLICIES}")
+    if resize not in augment.POLICIES:
+        raise ValueError(f"resize={resize!r}: expected one of {augment.POLICIES}")
     if augment_on not in ("host", "device"):
         raise ValueError(f"augment_on={augment_on!r}: expected host or device")
 
@@ -105,6 +108,7 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
 
     stored_channels = manifest.get("channels", 3)
+    kernel_canvas = _kernel_canvas(manifest)
     want_channels = channels or stored_channels
     # Evaluation and --augment_on=device get no augmentation here, but keep the XLA choice
     augment_config = augment_config or augment.AugmentConfig()
@@ -153,7 +157,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         example_seed = tf.stack([first, index])
         image, mask = augment.augment_example(
             image, example["mask"], example_seed, out_size, host_config, resize,
-            training=training, mask_fill=mask_fill, channels=want_channels)
+            training=training, mask_fill=mask_fill, channels=want_channels, scaling=scaling,
+            ignore_label=manifest["ignore_label"], pad_to=kernel_canvas)
         if want_channels == 1 and image.shape[-1] == 3:
             image = augment.to_gray(image, host_config.xla)
         out = {"image": tf.ensure_shape(image, out_size + (want_channels,)), "mask": mask}
@@ -182,6 +187,17 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         # We sharded above; stop tf.distribute from sharding a second time.
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def _kernel_canvas(manifest):
+    """The largest frame of any split, rounded up to 64 pixels a side: every frame is padded
+    to it for the XLA kernel, which then compiles once per output size instead of once per
+    size bucket (BENCHMARKS.md §2.2). None for manifests without frame sizes."""
+    sizes = [split.get("max_size") for split in manifest["splits"].values()]
+    sizes = [size for size in sizes if size]
+    if not sizes:
+        return None
+    return tuple(-(-max(size[axis] for size in sizes) // 64) * 64 for axis in (0, 1))
 
 
 def _padded(dataset, count, batch_size, input_context, ignore_label):

@@ -41,21 +41,36 @@ MAX_TILE_OVERLAP = 0.75
 class InputContract:
     """What a model was trained on: written next to model.keras and into the SavedModel,
     read by every consumer instead of flags the user must remember."""
-    image_size: tuple            # model input (height, width)
-    resize: str                  # augment.RESIZE_POLICIES
+    image_size: tuple            # model input (height, width); "scale": the evaluation canvas
+    resize: str                  # augment.POLICIES
     channels: int                # model input channels (1 or 3)
     num_classes: int
     ignore_label: int = 255
     class_names: tuple = None
     xla: bool = True             # the training pipeline's --aug_xla (serving: always reference)
+    data_scale: float = None     # "scale": model pixels per source pixel
+    train_crop: tuple = None     # "scale": the training window (height, width)
 
     def __post_init__(self):
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        if self.train_crop is not None:
+            object.__setattr__(self, "train_crop", tuple(int(v) for v in self.train_crop))
+        if self.resize == augment.SCALE and not self.data_scale:
+            raise ValueError("input contract: resize=scale needs data_scale")
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(self.class_names))
-        if self.resize not in augment.RESIZE_POLICIES:
+        if self.resize not in augment.POLICIES:
             raise ValueError(f"input contract: resize={self.resize!r}, expected one of "
-                             f"{augment.RESIZE_POLICIES}")
+                             f"{augment.POLICIES}")
+
+    @property
+    def scaling(self):
+        """augment.Scaling of the "scale" policy (evaluation: no random part), else None."""
+        return augment.Scaling(self.data_scale) if self.resize == augment.SCALE else None
+
+    def source_canvas(self):
+        """"scale": the largest frame (h, w) that fits the canvas whole, in source pixels."""
+        return tuple(int(side / self.data_scale) for side in self.image_size)
 
     @property
     def logit_channels(self):
@@ -64,6 +79,7 @@ class InputContract:
     def to_json(self):
         values = dataclasses.asdict(self)
         values["image_size"] = list(self.image_size)
+        values["train_crop"] = list(self.train_crop) if self.train_crop else None
         values["class_names"] = list(self.class_names) if self.class_names else None
         return json.dumps(values, indent=2, sort_keys=True)
 
@@ -124,11 +140,13 @@ def to_model_input(image, contract, mask=None):
     size = contract.image_size
     config = augment.AugmentConfig(xla=False)
     image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels)
-    matrix = augment.resize_matrix(tf.shape(image)[:2], size, contract.resize, training=False)
+    matrix = augment.resize_matrix(tf.shape(image)[:2], size, contract.resize, training=False,
+                                   scaling=contract.scaling)
     dummy = mask if mask is not None else tf.zeros_like(image[..., :1])
     model_input, resized_mask = augment.augment_example(
         image, dummy, tf.constant([0, 0], tf.int64), size, config, contract.resize,
-        training=False, mask_fill=contract.ignore_label, channels=contract.channels)
+        training=False, mask_fill=contract.ignore_label, channels=contract.channels,
+        scaling=contract.scaling)
     return model_input, (resized_mask if mask is not None else None), matrix
 
 
@@ -150,6 +168,22 @@ def whole_image_logits(model_fn, image, contract):
     model_input, _, matrix = to_model_input(image, contract)
     logits = tf.cast(model_fn(model_input[None]), tf.float32)[0]
     return to_original(logits, matrix, tf.shape(image)[:2])
+
+
+def _scaled_logits(model_fn, image, contract, overlap, batch_size):
+    """The "scale" policy: a frame that fits the canvas at data_scale is mapped whole, as
+    validation saw it; a larger one in overlapping canvas-sized windows (a side shorter
+    than the canvas padded as the canvas pads it)."""
+    canvas = contract.source_canvas()
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+
+    def windows():
+        padded = tf.pad(image, [[0, tf.maximum(canvas[0] - height, 0)],
+                                [0, tf.maximum(canvas[1] - width, 0)], [0, 0]])
+        logits, seen = _tiled(model_fn, padded, contract, canvas, overlap, batch_size)
+        return logits[:height, :width], seen[:height, :width]
+    return tf.cond(tf.logical_and(height <= canvas[0], width <= canvas[1]),
+                   lambda: whole_image_logits(model_fn, image, contract), windows)
 
 
 def _origins(length, tile, stride):
@@ -275,11 +309,14 @@ def predict_logits(model_fn, image, contract, tile=None, overlap=0.25, tta="none
     image (h, w, c). tile: None for the whole-image mapping, or "model" / (H, W) for tiled
     windows; tta: none, hflip or hvflip (logits averaged over the flipped copies, each
     flipped back)."""
+    scaled = contract.resize == augment.SCALE
     if tile == "model":
-        tile = contract.image_size
+        tile = contract.source_canvas() if scaled else contract.image_size
     image = tf.convert_to_tensor(image, tf.uint8)
 
     def once(picture):
+        if tile is None and scaled:
+            return _scaled_logits(model_fn, picture, contract, overlap, batch_size)
         if tile is None:
             return whole_image_logits(model_fn, picture, contract)
         return tiled_logits(model_fn, picture, contract, tile, overlap, batch_size)

@@ -43,7 +43,18 @@ def model_options(name, values):
     return {key: values[key] for key in MODEL_OPTIONS[name] if key in values}
 
 
+def size_multiple(name, options):
+    """What each side of the model's input must be a multiple of (its total stride)."""
+    if name == "deeplabv3plus":
+        return 16
+    if name == "unet" and options.get("encoder", "none") == "none":
+        return 2 ** options.get("depth", 4)
+    return 32
+
+
 def build_model(name, input_shape, num_classes, **options):
+    """input_shape (height, width, channels); height and width None: any multiple of
+    size_multiple() (fully convolutional: every model but deeplabv3plus)."""
     if name not in MODELS:
         raise ValueError(f"--model={name!r}: expected one of {sorted(MODELS)}")
     if num_classes < 2:

@@ -56,6 +56,10 @@ def build_deeplabv3plus(input_shape, num_classes, encoder="none", encoder_weight
     if encoder == "none":
         raise ValueError(f"--model=deeplabv3plus needs an --encoder: one of "
                          f"{', '.join(sorted(encoders.ENCODERS))}")
+    if None in input_shape[:2]:
+        # the image-pooling branch repeats its 1x1 map over a grid of static size
+        raise ValueError("deeplabv3plus needs a fixed input size: --train_crop (any frame "
+                         "size) is for --model=unet and the fcn models")
     layers.check_input_size(input_shape, 16, f"deeplabv3plus with --encoder={encoder}")
     inputs, (low_level, x) = encoders.encoder_features(encoder, input_shape, encoder_weights,
                                                        strides=(4, 16))

@@ -74,9 +74,10 @@ def synchronize_batch_norm(model, synchronized=True):
 
 
 def check_input_size(input_shape, multiple, model_name):
+    """A side of None (any size) is the caller's to check, frame by frame."""
     height, width = input_shape[0], input_shape[1]
     for side, value in (("height", height), ("width", width)):
-        if value is None or value % multiple:
+        if value is not None and value % multiple:
             low = max(multiple, (value or 0) // multiple * multiple)
             raise ValueError(
                 f"--image_size: {model_name} needs {side} to be a multiple of {multiple}, got "

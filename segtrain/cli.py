@@ -2,7 +2,7 @@
 JAX-only benchmark can use it)."""
 
 
-def parse_image_size(text):
+def parse_image_size(text, flag="image_size"):
     """'512' -> (512, 512); '360,480' or '360x480' -> (360, 480); anything else: ValueError."""
     parts = [p for p in str(text).replace("x", ",").split(",") if p.strip()]
     try:
@@ -12,8 +12,21 @@ def parse_image_size(text):
     if len(size) == 1:
         size = size * 2
     if len(size) != 2 or min(size) <= 0:
-        raise ValueError(f"--image_size={text!r}: expected '512' or 'H,W' like '360,480'")
+        raise ValueError(f"--{flag}={text!r}: expected '512' or 'H,W' like '360,480'")
     return size
+
+
+def parse_range(text, flag):
+    """'0.7,1.4' -> (0.7, 1.4); one number x -> (x, x); anything else: ValueError."""
+    try:
+        values = tuple(float(p) for p in str(text).split(",") if p.strip())
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise ValueError(f"--{flag}={text!r}: expected 'MIN,MAX' like '0.7,1.4'")
+    return values
 
 
 def parse_tile(text):
