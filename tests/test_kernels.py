@@ -111,27 +111,41 @@ def _box_halved(x):
     return (x[0::2, 0::2] + x[0::2, 1::2] + x[1::2, 0::2] + x[1::2, 1::2]) / 4
 
 
+def _antialiased(x):
+    """One level of the antialiasing blur in numpy: [1, 2, 1] / 4 along each axis, the edge
+    pixel repeated, rounded to integers as the pipeline stores it."""
+    x = x.astype(np.float64)
+    for axis in (0, 1):
+        padded = np.concatenate([np.take(x, [0], axis), x, np.take(x, [-1], axis)], axis)
+        before = np.take(padded, range(0, x.shape[axis]), axis)
+        after = np.take(padded, range(2, x.shape[axis] + 2), axis)
+        x = (before + 2 * x + after) / 4
+    return np.round(x)
+
+
 @pytest.mark.parametrize("xla", [True, False])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_resize_policies_geometry_like_numpy(xla, channels):
     """A 20x40 frame to 20x20 (pad: the whole frame at half size, centred, rows 5-14; the
     rest fill 0 / ignore) and to 10x10 (crop: a centred half-size window, columns 10-29 of
-    the frame). Each output pixel of a 2x shrink samples between 4 source pixels: the image
-    is their mean, the mask the lower-right one (coordinates .5 round away from zero)."""
+    the frame). A 2x shrink is antialiased first (one blur level); then each output pixel
+    samples between 4 source pixels: the image is their mean, the mask the lower-right one
+    (coordinates .5 round away from zero)."""
     image, mask = _frames(channels, size=(20, 40), seed=7)
+    blurred = _antialiased(image)
     config = augment.AugmentConfig(xla=xla)
     key = tf.constant([0, 0], tf.int64)
     got_image, got_mask = augment.augment_example(tf.constant(image), tf.constant(mask), key,
                                                   (20, 20), config, "pad", training=False)
     expected_image = np.zeros((20, 20, channels))
-    expected_image[5:15] = _box_halved(image)
+    expected_image[5:15] = _box_halved(blurred)
     expected_mask = np.full((20, 20, 1), 255)
     expected_mask[5:15] = mask[1::2, 1::2]
     assert np.abs(got_image.numpy() - np.round(expected_image)).max() <= 1
     np.testing.assert_array_equal(got_mask.numpy(), expected_mask)
     got_image, got_mask = augment.augment_example(tf.constant(image), tf.constant(mask), key,
                                                   (10, 10), config, "crop", training=False)
-    assert np.abs(got_image.numpy() - np.round(_box_halved(image[:, 10:30]))).max() <= 1
+    assert np.abs(got_image.numpy() - np.round(_box_halved(blurred[:, 10:30]))).max() <= 1
     np.testing.assert_array_equal(got_mask.numpy(), mask[1::2, 11:31:2])
 
 

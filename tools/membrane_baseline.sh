@@ -1,33 +1,50 @@
 #!/usr/bin/env bash
 # The membrane recipe of BENCHMARKS.md §4: prepare the shared ISBI 2012 membrane data, train
 # recipes/membrane.flags once per seed on the CPU, print each seed's wall time and test
-# metrics (membrane = class 0), then the median.
+# metrics (membrane = class 0) and training work (steps x batch x pixels a window), then
+# the median.
 #   bash tools/membrane_baseline.sh [WORK_DIR] [SEED ...]      (default seeds: 1 2 3)
+#   RECIPE=recipes/membrane_crop.flags bash tools/membrane_baseline.sh ...   (another recipe)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/segflow_membrane}
 shift || true
 seeds=${*:-1 2 3}
+recipe=${RECIPE:-recipes/membrane.flags}
 # The recipe's 10 minutes assume a CPU with bfloat16 hardware (BENCHMARKS.md §4, §10): say so
 # now rather than in a log read hours later
 TF_CPP_MIN_LOG_LEVEL=2 python -c 'import sys; from segtrain import distribute
 w = distribute.slow_precision_warning(sys.argv[1]); w and print("warning:", w)' \
-  "$(sed -n 's/^--mixed_precision=//p' recipes/membrane.flags)"
+  "$(sed -n 's/^--mixed_precision=//p' "$recipe")"
 python tools/prepare_dataset.py --input=../shared/data/membrane --output="$work/records" --overwrite
 for seed in $seeds; do
   rm -rf "$work/run_$seed"
   start=$(date +%s)
-  python train.py --flagfile=recipes/membrane.flags --data_dir="$work/records" \
+  python train.py --flagfile="$recipe" --data_dir="$work/records" \
     --model_dir="$work/run_$seed" --seed="$seed" --noprogress > "$work/run_$seed.log" 2>&1
-  echo "seed $seed: wall $(( $(date +%s) - start )) s"
+  echo "seed $seed: wall $(( $(date +%s) - start )) s ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
 done
 python - "$work" $seeds <<'PY'
 import json, statistics, sys
 work, seeds = sys.argv[1], sys.argv[2:]
 rows = [json.load(open(f"{work}/run_{s}/metrics.json")) for s in seeds]
+
+
+def work_of(seed):
+    """Training pixels: steps x batch x pixels a training example (window or image)."""
+    flags = dict(line.strip().lstrip("-").split("=", 1) for line in
+                 open(f"{work}/run_{seed}/flags.txt") if "=" in line)
+    size = flags.get("train_crop") or flags["image_size"]
+    side = [int(v) for v in size.replace("x", ",").split(",")]
+    steps = int(flags["epochs"]) * int(flags["steps_per_epoch"])
+    return steps, steps * int(flags["batch_size"]) * side[0] * side[-1]
+
+
 for seed, m in zip(seeds, rows):
+    steps, pixels = work_of(seed)
     print(f"seed {seed}: membrane Dice {m['per_class_dice'][0]:.4f}, cell Dice "
-          f"{m['per_class_dice'][1]:.4f}, mIoU {m['mean_iou']:.4f}, best epoch {m['best_epoch']}")
+          f"{m['per_class_dice'][1]:.4f}, mIoU {m['mean_iou']:.4f}, best epoch {m['best_epoch']}, "
+          f"{steps} steps, {pixels:.3g} training pixels")
 print(f"median: membrane Dice {statistics.median(m['per_class_dice'][0] for m in rows):.4f}, "
       f"mIoU {statistics.median(m['mean_iou'] for m in rows):.4f}")
 PY
