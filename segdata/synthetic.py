@@ -47,6 +47,7 @@ def generate(root, count=120, size=(128, 128), num_classes=2, rgb=False, seed=0,
              frame_format="png", object_size=(1 / 6, 1 / 2.5), objects=(1, 3)):
     """Writes root/frames/frame_NNN.{png,jpg} and root/masks/mask_NNN.png; returns root.
 
+    size: (height, width), or a list of them used in turn (frames of many sizes);
     object_size: each object's height and width, fractions of the frame's (low, high);
     objects: how many a frame holds (low, high), inclusive.
 
@@ -54,10 +55,12 @@ def generate(root, count=120, size=(128, 128), num_classes=2, rgb=False, seed=0,
     class indices. The same arguments always give the same bytes.
     """
     rng = np.random.default_rng(seed)
+    sizes = [tuple(size)] if isinstance(size[0], int) else [tuple(s) for s in size]
     os.makedirs(os.path.join(root, "frames"), exist_ok=True)
     os.makedirs(os.path.join(root, "masks"), exist_ok=True)
     for index in range(count):
-        image, labels = _draw_example(rng, size, num_classes, rgb, object_size, objects)
+        image, labels = _draw_example(rng, sizes[index % len(sizes)], num_classes, rgb,
+                                      object_size, objects)
         frame = Image.fromarray(image)
         name = f"frame_{index:03d}." + ("jpg" if frame_format == "jpeg" else "png")
         if frame_format == "jpeg":

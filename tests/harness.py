@@ -9,17 +9,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
 TINY = ["--image_size=32", "--base_filters=4", "--depth=2", "--batch_size=4", "--dropout=0",
         "--mixed_precision=float32", "--learning_rate=0.01"]
+# TINY for --train_crop runs, which refuse --image_size
+TINY_WINDOWS = [flag for flag in TINY if not flag.startswith("--image_size")]
 
 
 def python(*args):
     return [sys.executable, *args]
 
 
-def train_cmd(records, run_dir, *extra):
-    """train.py on `records` into `run_dir` with the TINY settings, then `extra` (later
+def train_cmd(records, run_dir, *extra, base=TINY):
+    """train.py on `records` into `run_dir` with the `base` settings, then `extra` (later
     flags win)."""
     return python(os.path.join(ROOT, "train.py"), f"--data_dir={records}",
-                  f"--model_dir={run_dir}", *TINY, *extra)
+                  f"--model_dir={run_dir}", *base, *extra)
 
 
 def run(cmd, timeout=300, check=True):
@@ -30,8 +32,8 @@ def run(cmd, timeout=300, check=True):
     return result
 
 
-def train(records, run_dir, *extra, timeout=300, check=True):
-    return run(train_cmd(records, run_dir, *extra), timeout, check)
+def train(records, run_dir, *extra, timeout=300, check=True, base=TINY):
+    return run(train_cmd(records, run_dir, *extra, base=base), timeout, check)
 
 
 def tool(name, *args, timeout=300, check=True):

@@ -1,0 +1,206 @@
+"""Native-resolution training (--train_crop): scaled windows, foreground centring, the
+whole-frame evaluation canvas, serving frames larger than it, antialiasing."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from harness import TINY_WINDOWS, tool, train
+from segdata import records
+from segdata import augment, serving
+
+WINDOW = (32, 32)
+
+
+def _ramp(size=(200, 200)):
+    """uint8 frame whose value is the column index: the slope along a row of any resampled
+    window is source pixels per output pixel."""
+    return np.broadcast_to(np.arange(size[1], dtype=np.uint8)[None, :, None],
+                           size + (1,)).copy()
+
+
+def _window(image, mask, seed, scaling, size=WINDOW, config=None):
+    out_image, out_mask = augment.augment_example(
+        tf.constant(image), tf.constant(mask), tf.constant([seed, 3], tf.int64), size,
+        config or augment.AugmentConfig(), augment.SCALE, training=True, scaling=scaling)
+    return out_image.numpy().astype(float), out_mask.numpy()
+
+
+def _slope(window):
+    return float(np.mean(window[:, 24, 0] - window[:, 8, 0]) / 16)
+
+
+@pytest.mark.parametrize("xla", [True, False])
+def test_windows_are_cut_at_the_drawn_scale(xla):
+    image, mask = _ramp(), np.zeros((200, 200, 1), np.uint8)
+    config = augment.AugmentConfig(xla=xla)
+    half = [_slope(_window(image, mask, s, augment.Scaling(0.5), config=config)[0])
+            for s in range(5)]
+    np.testing.assert_allclose(half, 2.0, atol=0.07)  # data_scale 0.5: 2 source px a pixel
+    jittered = [_slope(_window(image, mask, s, augment.Scaling(1.0, (0.5, 2.0)),
+                               config=config)[0]) for s in range(30)]
+    assert 0.5 - 0.07 <= min(jittered) < 0.75 and 1.5 < max(jittered) <= 2.0 + 0.07
+    # log-uniform: as many windows magnified as shrunk
+    assert 8 <= sum(slope < 1 for slope in jittered) <= 22
+    # every window lies inside the frame (scaled, it is larger than the window)
+    origins = [_window(image, mask, s, augment.Scaling(1.0), config=config)[0][0, 0, 0]
+               for s in range(30)]
+    assert min(origins) >= 0 and max(origins) <= 200 - 32 and len(set(origins)) > 10
+
+
+def _rare_object_frame():
+    """128x128: class 1 over the left quarter, one 3x3 object of class 2 at (100, 100)."""
+    mask = np.zeros((128, 128, 1), np.uint8)
+    mask[:, :32] = 1
+    mask[99:102, 99:102] = 2
+    image = (mask * 60 + 20).astype(np.uint8)
+    return image, mask
+
+
+def test_crop_foreground_centres_windows_on_present_classes():
+    image, mask = _rare_object_frame()
+    with_object = lambda p: [(_window(image, mask, s, augment.Scaling(1.0, foreground=p))[1]  # noqa: E731
+                              == 2).any() for s in range(40)]
+    centred = with_object(1.0)
+    # a class drawn uniformly among the two present: about half the windows hold the object
+    assert 10 <= sum(centred) <= 30
+    windows = [_window(image, mask, s, augment.Scaling(1.0, foreground=1.0))[1]
+               for s in range(40)]
+    assert all(((w == 1) | (w == 2)).any() for w in windows)  # never only background
+    # at random, a 32 px window holds the 3x3 object in ~(34/128)^2 = 7% of draws
+    assert sum(with_object(0.0)) <= 8
+
+
+@pytest.mark.parametrize("xla", [True, False])
+def test_evaluation_places_the_whole_frame_on_the_canvas(xla):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 56, 1), dtype=np.uint8)
+    mask = rng.integers(0, 3, (40, 56, 1), dtype=np.uint8)
+    got_image, got_mask = augment.augment_example(
+        tf.constant(image), tf.constant(mask), tf.constant([0, 0], tf.int64), (64, 64),
+        augment.AugmentConfig(xla=xla), augment.SCALE, training=False, mask_fill=255,
+        scaling=augment.Scaling(1.0, (0.5, 2.0), foreground=1.0))  # training-only parts
+    np.testing.assert_array_equal(got_image.numpy()[:40, :56], image)
+    np.testing.assert_array_equal(got_mask.numpy()[:40, :56], mask)
+    assert (got_image.numpy()[40:] == 0).all() and (got_image.numpy()[:, 56:] == 0).all()
+    assert (got_mask.numpy()[40:] == 255).all() and (got_mask.numpy()[:, 56:] == 255).all()
+
+
+def _scale_contract(canvas=(32, 32), data_scale=1.0):
+    return serving.InputContract(canvas, augment.SCALE, 1, 2, data_scale=data_scale,
+                                 train_crop=(16, 16))
+
+
+@pytest.mark.parametrize("size", [(20, 24), (50, 70), (20, 90)])
+def test_serving_maps_every_pixel_of_any_frame(size):
+    """A model whose logit is its input pixel: the served logits are the frame itself,
+    whole on the canvas (20x24) or in canvas windows (larger on either side)."""
+    image = np.random.default_rng(1).integers(0, 256, size + (1,), dtype=np.uint8)
+    identity = lambda x: tf.cast(x[..., :1], tf.float32)  # noqa: E731
+    logits, seen = serving.predict_logits(identity, tf.constant(image), _scale_contract())
+    assert logits.shape == size + (1,) and bool(tf.reduce_all(seen))
+    np.testing.assert_allclose(logits.numpy(), image.astype(np.float32), atol=1e-3)
+
+
+def test_contract_round_trips_and_old_contracts_load():
+    contract = _scale_contract((64, 96), 0.5)
+    again = serving.InputContract.from_json(contract.to_json())
+    assert again == contract and again.source_canvas() == (128, 192)
+    old = json.loads(serving.InputContract((32, 32), "stretch", 1, 2).to_json())
+    for key in ("data_scale", "train_crop"):
+        del old[key]
+    assert serving.InputContract.from_json(json.dumps(old)).scaling is None
+    with pytest.raises(ValueError, match="data_scale"):
+        serving.InputContract((32, 32), augment.SCALE, 1, 2)
+
+
+# -- antialiasing ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["plain", "warp", "scale"])
+def test_shrinking_is_antialiased_like_tf_image_resize(path):
+    """A 4x shrink of random noise: tf.image.resize(antialias=True) keeps ~1/4 of the
+    noise's spread; reading every 4th pixel keeps all of it (aliasing). Smooth content
+    comes out as the antialiased resize gives it."""
+    rng = np.random.default_rng(2)
+    noise = rng.integers(0, 256, (256, 256, 1), dtype=np.uint8)
+    yy, xx = np.mgrid[:256, :256]
+    smooth = (128 + 60 * np.sin(xx / 23.0) * np.cos(yy / 31.0)).astype(np.uint8)[..., None]
+    mask = np.zeros((256, 256, 1), np.uint8)
+
+    def shrunk(image):
+        if path == "scale":
+            return augment.augment_example(
+                tf.constant(image), tf.constant(mask), tf.constant([0, 0], tf.int64), (64, 64),
+                None, augment.SCALE, training=False, scaling=augment.Scaling(0.25))[0]
+        config = augment.AugmentConfig(rotation=1e-4) if path == "warp" else None
+        return augment.augment_example(tf.constant(image), tf.constant(mask),
+                                       tf.constant([0, 0], tf.int64), (64, 64), config,
+                                       "stretch", training=path == "warp")[0]
+
+    def reference(image, antialias):
+        return tf.image.resize(tf.constant(image, tf.float32), (64, 64),
+                               antialias=antialias).numpy()
+    ours = shrunk(noise).numpy().astype(float)
+    assert 0.6 < ours.std() / reference(noise, True).std() < 1.6
+    assert reference(noise, False).std() > 2 * ours.std()
+    assert np.abs(shrunk(smooth).numpy() - reference(smooth, True)).mean() < 2.0
+
+
+# -- through train.py and the tools, as a user runs them --------------------------------
+
+CROP = ["--train_crop=32", "--aug_scale=0.8,1.25", "--crop_foreground=0.5", "--epochs=2",
+        "--steps_per_epoch=3"]
+
+
+@pytest.fixture(scope="module")
+def many_sizes_records(tmp_path_factory):
+    from conftest import make_records
+    sizes = [(40 + 7 * (i % 4), 48 + 9 * (i // 4)) for i in range(12)]
+    return make_records(str(tmp_path_factory.mktemp("sizes")), "sizes", count=36, size=sizes,
+                        num_classes=3)
+
+
+def test_crop_training_scores_are_what_the_export_gives(many_sizes_records, tmp_path):
+    """Validation and test run on whole frames of 12 sizes on one canvas; the test split's
+    confusion matrix in metrics.json equals tools/evaluate.py's with the exported
+    model.keras and SavedModel, at the model's resolution and mapped back to the frames."""
+    run_dir = str(tmp_path / "run")
+    out = train(many_sizes_records, run_dir, *CROP, base=TINY_WINDOWS).stdout
+    splits = records.load_manifest(many_sizes_records)["splits"]
+    largest = np.max([splits[s]["max_size"] for s in ("val", "test")], axis=0)
+    assert len({tuple(s) for s in (splits["val"]["min_size"], largest)}) == 2  # sizes vary
+    canvas = tuple(int(-(-side // 4) * 4) for side in largest)  # depth 2: multiples of 4
+    assert f"eval_canvas={canvas}" in out
+    contract = serving.InputContract.load(run_dir)
+    assert contract.resize == augment.SCALE and contract.train_crop == (32, 32)
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        expected = json.load(handle)["confusion_matrix"]
+    assert sum(map(sum, expected)) > 0
+    for model, extra in (("model.keras", []), ("export", []), ("model.keras", ["--original_size"])):
+        result_path = str(tmp_path / f"eval_{model}_{len(extra)}.json")
+        tool("evaluate.py", f"--model={os.path.join(run_dir, model)}",
+             f"--data_dir={many_sizes_records}", "--split=test", f"--output={result_path}",
+             *extra)
+        with open(result_path) as handle:
+            assert json.load(handle)["confusion_matrix"] == expected, (model, extra)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--aug_scale=0.5,2"], "--aug_scale: only with --train_crop"),
+    (["--train_crop=32", "--image_size=32"], "--image_size and --train_crop"),
+    (["--train_crop=30"], "--train_crop=30: --model=unet needs sides that are multiples of 4"),
+    (["--train_crop=32", "--aug_scale=2,1"], "--aug_scale=2.0,1.0: expected 0 < MIN <= MAX"),
+    (["--train_crop=32", "--data_scale=0"], "--data_scale=0.0: must be > 0"),
+    (["--train_crop=32", "--crop_foreground=1.5"], "--crop_foreground=1.5"),
+    (["--train_crop=32", "--model=deeplabv3plus", "--encoder=mobilenetv2"],
+     "deeplabv3plus needs a fixed input size"),
+])
+def test_bad_crop_flags_get_one_line_and_write_nothing(binary_records, tmp_path, flags,
+                                                       message):
+    run_dir = tmp_path / "run"
+    result = train(binary_records, str(run_dir), *flags, check=False, base=TINY_WINDOWS)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not run_dir.exists()
