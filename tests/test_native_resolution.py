@@ -204,3 +204,13 @@ def test_bad_crop_flags_get_one_line_and_write_nothing(binary_records, tmp_path,
     assert result.returncode == 1, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not run_dir.exists()
+
+
+def test_frames_of_many_sizes_compile_the_kernel_once(tmp_path):
+    """Every frame is padded to the dataset's largest for the XLA kernel: one compile for
+    a first epoch over 8 sizes, not one per size bucket (tools/benchmark_frame_sizes.py)."""
+    out = tool("benchmark_frame_sizes.py", f"--work={tmp_path}", "--sizes=8", "--count=16",
+               "--image_size=64", "--json").stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["frames"] == 16 and result["min_size"] != result["max_size"]
+    assert result["compiles"] == 1
