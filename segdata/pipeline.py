@@ -118,7 +118,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
     # wanted as RGB are augmented on one channel and expanded last
     # (no AutoGraph, like `transform` below: plain TF ops)
     decode = tf.autograph.experimental.do_not_convert(
-        lambda raw: records.decode(records.parse_raw(raw), stored_channels))
+        lambda raw: records.decode(records.parse_raw(raw), stored_channels,
+                                   manifest.get("intensity")))
     # Without a cache, records are shuffled still encoded and decoded in the same map as the
     # augmentation: the shuffle buffer holds compressed bytes instead of decoded frames
     # (peak RSS 1093 -> 866 MB on the RGB benchmark set, same speed: BENCHMARKS.md §2).

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from segdata import records, sources, validate
+from segdata import intensity, records, sources, validate
 
 
 class PrepareError(ValueError):
@@ -213,11 +213,16 @@ def prepare(config):
         summary = _write_shards(temp, ordered, position, pairs_by_split, shard_counts,
                                 options, config)
         skipped = summary.pop("skipped")
+        deep = summary.pop("intensity")
         if skipped and config.on_error == "fail":
             raise PrepareError("\n".join(entry["reason"] for entry in skipped))
         skipped += [{"file": line.split(": ")[0], "reason": line} for line in problems]
         manifest = _manifest(config, layout, summary, skipped)
         manifest["mask_kind"], manifest["mask_kind_reason"] = mask_kind, mask_note
+        if deep:
+            manifest["intensity"] = deep
+            if config.progress:
+                sys.stderr.write(f"intensity: {deep['why']}\n")
         with open(os.path.join(temp, records.MANIFEST_NAME), "w") as handle:
             json.dump(manifest, handle, indent=2, sort_keys=True)
         _replace(temp, output)
@@ -236,6 +241,7 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
     skipped = []
     progress = _Progress(len(ordered), config.progress)
     frame_paths = {pair[0]: pair[1] for pair in ordered}
+    depth = {"bits": None, "frame": None, "samples": []}  # one bit depth for the dataset
 
     def close(split):
         entry = state[split]
@@ -248,6 +254,15 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
         if "error" in result:
             skipped.append({"id": result["id"], "reason": result["error"]})
             continue
+        if depth["bits"] is None:
+            depth["bits"], depth["frame"] = result["bits"], result["frame"]
+        elif result["bits"] != depth["bits"]:
+            raise PrepareError(
+                f"{result['frame']} is {result['bits']}-bit but {depth['frame']} is "
+                f"{depth['bits']}-bit: one dataset needs one bit depth (one rule maps its "
+                "frames to the model); convert the odd frames to the others' depth")
+        if result["intensity_sample"] is not None:
+            depth["samples"].append(result["intensity_sample"])
         split = result["split"]
         entry = state[split]
         total = len(pairs_by_split[split])
@@ -274,7 +289,8 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
         entry["min"] = size if entry["min"] is None else np.minimum(entry["min"], size).tolist()
         entry["max"] = size if entry["max"] is None else np.maximum(entry["max"], size).tolist()
 
-    summary = {"skipped": skipped}
+    summary = {"skipped": skipped,
+               "intensity": intensity.decide(depth["samples"]) if depth["samples"] else None}
     for split in sources.SPLITS:
         close(split)
         entry = state[split]

@@ -13,6 +13,8 @@ import os
 
 import tensorflow as tf
 
+from segdata import intensity
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
@@ -62,20 +64,25 @@ def parse_raw(serialized):
     return {"image_bytes": parsed[_IMAGE], "mask_bytes": parsed[_MASK], "id": parsed[_ID]}
 
 
-def decode(raw, channels=0):
+def decode(raw, channels=0, deep=None):
     """Encoded fields -> {"image": uint8[H,W,C], "mask": uint8[H,W,1], "id"}.
 
-    `channels=0` keeps the stored channel count; 1 or 3 converts.
+    `channels=0` keeps the stored channel count; 1 or 3 converts. `deep`: the manifest's
+    "intensity" rule of a 16-bit dataset (16-bit PNG frames, mapped to uint8 by it).
     """
-    image = tf.io.decode_image(raw["image_bytes"], channels=channels, dtype=tf.uint8,
-                               expand_animations=False)
+    if deep:
+        image = intensity.apply(tf.io.decode_png(raw["image_bytes"], channels=channels,
+                                                 dtype=tf.uint16), deep)
+    else:
+        image = tf.io.decode_image(raw["image_bytes"], channels=channels, dtype=tf.uint8,
+                                   expand_animations=False)
     mask = tf.io.decode_png(raw["mask_bytes"], channels=1, dtype=tf.uint8)
     return {"image": image, "mask": mask, "id": raw["id"]}
 
 
-def parse_example(serialized, channels=0):
+def parse_example(serialized, channels=0, deep=None):
     """Serialized example -> uint8 image and mask plus id."""
-    return decode(parse_raw(serialized), channels)
+    return decode(parse_raw(serialized), channels, deep)
 
 
 # ---------------------------------------------------------------------------
@@ -161,7 +168,7 @@ def iter_split(records_dir, split, channels=0):
     paths = list_shards(records_dir, split, manifest)
     dataset = tf.data.TFRecordDataset(paths, compression_type=compression_of(manifest))
     for serialized in dataset:
-        example = parse_example(serialized, channels)
+        example = parse_example(serialized, channels, manifest.get("intensity"))
         yield {"image": example["image"].numpy(), "mask": example["mask"].numpy(),
                "id": example["id"].numpy().decode()}
 

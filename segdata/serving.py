@@ -28,7 +28,7 @@ import os
 
 import tensorflow as tf
 
-from segdata import atomic, augment, kernels
+from segdata import atomic, augment, intensity, kernels
 
 FILENAME = "input_contract.json"
 TTA = ("none", "hflip", "hvflip")
@@ -50,6 +50,7 @@ class InputContract:
     xla: bool = True             # the training pipeline's --aug_xla (serving: always reference)
     data_scale: float = None     # "scale": model pixels per source pixel
     train_crop: tuple = None     # "scale": the training window (height, width)
+    intensity: dict = None       # 16-bit frames: the records' rule to uint8 (segdata.intensity)
 
     def __post_init__(self):
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
@@ -117,6 +118,16 @@ class InputContract:
                                  "model was trained")
 
 
+def model_pixels(image, contract):
+    """uint8 pixels of a frame: a 16-bit one mapped by the contract's intensity rule, as the
+    training pipeline mapped the records."""
+    image = intensity.apply(image, contract.intensity)
+    if image.dtype == tf.uint16:
+        raise ValueError("a 16-bit frame, but the model was trained on 8-bit frames: convert "
+                         "it to 8 bits as its training data was")
+    return tf.convert_to_tensor(image, tf.uint8)
+
+
 def _to_channels(image, channels):
     """As the pipeline does: RGB asked for as gray is grayed first (augment.to_gray); gray
     asked for as RGB is expanded after the resize, by augment_example."""
@@ -128,18 +139,18 @@ def _to_channels(image, channels):
 def with_model_channels(image, contract):
     """uint8 (h, w, 1 or 3) -> (h, w, contract.channels): grayed as the pipeline grays, gray
     repeated (the values augment_example's expansion gives after a resize)."""
-    image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels)
+    image = _to_channels(model_pixels(image, contract), contract.channels)
     if image.shape[-1] == 1 and contract.channels == 3:
         image = tf.repeat(image, 3, axis=-1)
     return image
 
 
 def to_model_input(image, contract, mask=None):
-    """uint8 (h, w, c) [and its mask] -> (model input (H, W, C), resized mask or None,
-    output->input matrix)."""
+    """uint8 (h, w, c) (or uint16 with an intensity rule) [and its mask] -> (model input
+    (H, W, C), resized mask or None, output->input matrix)."""
     size = contract.image_size
     config = augment.AugmentConfig(xla=False)
-    image = _to_channels(tf.convert_to_tensor(image, tf.uint8), contract.channels)
+    image = _to_channels(model_pixels(image, contract), contract.channels)
     matrix = augment.resize_matrix(tf.shape(image)[:2], size, contract.resize, training=False,
                                    scaling=contract.scaling)
     dummy = mask if mask is not None else tf.zeros_like(image[..., :1])
@@ -312,7 +323,7 @@ def predict_logits(model_fn, image, contract, tile=None, overlap=0.25, tta="none
     scaled = contract.resize == augment.SCALE
     if tile == "model":
         tile = contract.source_canvas() if scaled else contract.image_size
-    image = tf.convert_to_tensor(image, tf.uint8)
+    image = model_pixels(image, contract)
 
     def once(picture):
         if tile is None and scaled:

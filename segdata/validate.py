@@ -10,7 +10,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from segdata import png
+from segdata import intensity, png
 
 # Pillow refuses "decompression bombs" with a warning-as-error; real
 # segmentation frames can be large, so only absurd sizes are refused.
@@ -37,43 +37,73 @@ def load_palette(path):
     return palette
 
 
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
+
+
+def _deep_gray(image, path):
+    """A 16-bit (or 32-bit integer) grey frame as uint16, at full depth."""
+    array = np.asarray(image)
+    if array.size and (array.min() < 0 or array.max() > 65535):
+        raise ValueError(f"{path}: grey values {int(array.min())}..{int(array.max())} do not fit "
+                         "16 bits; store the frame as 8- or 16-bit")
+    return array.astype(np.uint16)
+
+
 def _gray_or_rgb(image):
-    """A decoded PIL frame as mode L or RGB: 16-bit grey keeps its top 8 bits (what a uint8
-    pipeline can carry); CMYK, RGBA, palette and LA frames become RGB."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.uint32)
-        array = (array >> 8).astype(np.uint8) if array.max() > 255 else array.astype(np.uint8)
-        return Image.fromarray(array, "L")
+    """A decoded 8-bit PIL frame as mode L or RGB: CMYK, RGBA, palette and LA frames become
+    RGB."""
     if image.mode not in ("L", "RGB"):
         return image.convert("RGB")
     return image
 
 
 def read_frame(path):
-    """An image file as uint8 (h, w, 1) or (h, w, 3), converted as prepare converts frames;
+    """An image file as uint8 (h, w, 1) or (h, w, 3), converted as prepare converts frames,
+    or uint16 (h, w, 1) for a 16-bit grey frame (the model's input contract maps it);
     ValueError naming the file when it cannot be read (missing, truncated, not an image)."""
     try:
         _, image = _read_image(path)
     except _BadFile as err:
         raise ValueError(str(err))
+    if image.mode in DEEP_MODES:
+        return _deep_gray(image, path)[..., None]
     array = np.asarray(_gray_or_rgb(image))
     return array[..., None] if array.ndim == 2 else array
 
 
-def _frame_payload(image, resize):
-    """Returns (bytes, format, channels). Bytes are None when the file is kept as it is
-    (TF can decode it): the shard writer reads it then, from the page cache, because
-    pickling every frame back through the pool cost more than decoding it."""
+def _deep_payload(image, resize, path):
+    """A 16-bit frame: (16-bit PNG bytes or None to keep the file, its intensity sample)."""
+    array = _deep_gray(image, path)
+    keep = resize is None and (image.format or "").upper() == "PNG" and image.mode == "I;16"
+    if resize is not None:
+        resized = Image.fromarray(array.astype(np.float32), "F").resize(
+            (resize[1], resize[0]), Image.BILINEAR)
+        array = np.clip(np.round(np.asarray(resized)), 0, 65535).astype(np.uint16)
+    if keep:
+        return None, intensity.sample(array)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue(), intensity.sample(array)
+
+
+def _frame_payload(image, resize, path):
+    """Returns (bytes, format, channels, bits, intensity sample or None). Bytes are None when
+    the file is kept as it is (TF can decode it): the shard writer reads it then, from the
+    page cache, because pickling every frame back through the pool cost more than decoding
+    it."""
+    if image.mode in DEEP_MODES:
+        payload, values = _deep_payload(image, resize, path)
+        return payload, "png", 1, 16, values
     fmt = (image.format or "").upper()
     keep = resize is None and fmt in ("PNG", "JPEG") and image.mode in ("L", "RGB")
     if keep:
-        return None, fmt.lower(), 1 if image.mode == "L" else 3
+        return None, fmt.lower(), 1 if image.mode == "L" else 3, 8, None
     image = _gray_or_rgb(image)
     if resize is not None:
         image = image.resize((resize[1], resize[0]), Image.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
-    return buffer.getvalue(), "png", 1 if image.mode == "L" else 3
+    return buffer.getvalue(), "png", 1 if image.mode == "L" else 3, 8, None
 
 
 def _value_counts(array):
@@ -216,7 +246,8 @@ def check_pair(pair, options):
                              f"the ignore label {ignore}; fix the mask or --num_classes",
                     "id": example_id}
     try:
-        image_bytes, image_format, channels = _frame_payload(frame, options["resize"])
+        image_bytes, image_format, channels, bits, values = _frame_payload(
+            frame, options["resize"], frame_path)
     except (OSError, ValueError) as err:
         return {"error": f"{frame_path}: cannot convert ({err})", "id": example_id}
     if changed or options["resize"] is not None or (mask_image.format or "").upper() != "PNG":
@@ -230,5 +261,6 @@ def check_pair(pair, options):
     return {
         "id": example_id, "split": split, "image_bytes": image_bytes, "format": image_format,
         "height": height, "width": width, "channels": channels,
-        "mask_png": mask_png, "counts": counts,
+        "mask_png": mask_png, "counts": counts, "bits": bits, "intensity_sample": values,
+        "frame": frame_path,
     }

@@ -55,7 +55,9 @@ def export_saved_model(model, path, contract):
     # TF copies the asset into the SavedModel's assets/ when it saves
     module = _Serving(model, contract, contract.save(temp))
     channels = contract.channels
-    images = tf.TensorSpec([None, None, None, channels], tf.uint8, name="images")
+    # 16-bit data: raw 16-bit frames in, mapped by the contract's intensity rule
+    images = tf.TensorSpec([None, None, None, channels],
+                           tf.uint16 if contract.intensity else tf.uint8, name="images")
     signatures = {
         "serving_default": tf.function(module.serve, input_signature=[images]),
         "tiled": tf.function(module.serve_tiled, input_signature=[

@@ -60,8 +60,11 @@ def predict_files(paths, predictor, tile, overlap, tta, batch_size, on_error="fa
     from segdata import serving, validate
     for path in paths:
         try:
-            image = validate.read_frame(path)
+            # a 16-bit frame mapped to the model's pixels by its contract (also the overlay's)
+            image = np.asarray(serving.model_pixels(validate.read_frame(path),
+                                                    predictor.contract))
         except ValueError as err:
+            err = err if path in str(err) else f"{path}: {err}"
             if on_error == "fail":
                 raise ValueError(f"{err} (--on_error=skip carries on without it)")
             yield path, None, None, str(err)

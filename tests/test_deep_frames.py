@@ -1,0 +1,104 @@
+"""Frames with more than 8 bits: kept at full depth in the records, mapped to the model
+input by one dataset rule, the same in the pipeline, serving, predict and the SavedModel."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from harness import tool, train
+from segdata import pipeline, records, serving, synthetic
+
+
+def _deepen(root, low=100, step=16, hot_pixels=True):
+    """Rewrites the synthetic 8-bit frames as 16-bit PNGs: v -> low + v * step (12-bit
+    microscopy-like values 100..4180), and a few saturated pixels in the first frame."""
+    frames = sorted(os.listdir(os.path.join(root, "frames")))
+    for index, name in enumerate(frames):
+        path = os.path.join(root, "frames", name)
+        values = low + np.asarray(Image.open(path), np.uint16) * step
+        if hot_pixels and index == 0:
+            values[:2, :2] = 65535
+        Image.fromarray(values.astype(np.uint16)).save(path)
+    return frames
+
+
+def _expected(values, rule):
+    scaled = (values.astype(np.float64) - rule["low"]) * 255.0 / (rule["high"] - rule["low"])
+    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def deep_records(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("deep"))
+    files = synthetic.generate(os.path.join(root, "files"), count=24, size=(32, 32))
+    _deepen(files)
+    out = os.path.join(root, "records")
+    tool("prepare_dataset.py", f"--input={files}", f"--output={out}")
+    return files, out
+
+
+def test_prepare_keeps_the_depth_and_decides_the_rule_from_all_frames(deep_records):
+    files, out = deep_records
+    rule = records.load_manifest(out)["intensity"]
+    assert rule["bits"] == 16 and rule["rule"] == "percentile_clip"
+    every = np.concatenate([np.asarray(Image.open(os.path.join(files, "frames", n))).ravel()
+                            for n in sorted(os.listdir(os.path.join(files, "frames")))])
+    # from a quarter of the pixels; the hot pixels (65535) do not set the range
+    assert abs(rule["low"] - np.percentile(every, 0.5)) <= 3 * 16
+    assert abs(rule["high"] - np.percentile(every, 99.5)) <= 3 * 16
+    assert rule["high"] < 5000
+    # the records hold the 16-bit values; the pipeline's model input follows the rule
+    batch = next(iter(pipeline.make_dataset(out, "val", 100, (32, 32), shuffle=False,
+                                            with_ids=True)))
+    for image, example_id in zip(batch["image"].numpy(), batch["id"].numpy()):
+        name = example_id.decode()
+        raw = np.asarray(Image.open(os.path.join(files, "frames", f"frame_{name}.png")))
+        np.testing.assert_array_equal(image[..., 0], _expected(raw, rule))
+    assert len(np.unique(batch["image"].numpy())) > 100  # a >> 8 kept 17 grey levels
+
+
+def test_serving_maps_raw_frames_as_the_pipeline_did(deep_records, tmp_path):
+    files, out = deep_records
+    run_dir = str(tmp_path / "run")
+    train(out, run_dir, "--epochs=1", "--steps_per_epoch=2")
+    contract = serving.InputContract.load(run_dir)
+    assert contract.intensity == records.load_manifest(out)["intensity"]
+    name = sorted(os.listdir(os.path.join(files, "frames")))[3]
+    raw = np.asarray(Image.open(os.path.join(files, "frames", name)))[..., None]
+    model_input, _, _ = serving.to_model_input(tf.constant(raw), contract)
+    np.testing.assert_array_equal(model_input.numpy()[..., 0], _expected(raw[..., 0],
+                                                                         contract.intensity))
+    # the SavedModel takes the raw 16-bit frame; its mask is what predict writes for the file
+    served = tf.saved_model.load(os.path.join(run_dir, "export"))
+    mask = served.signatures["serving_default"](images=tf.constant(raw[None]))["mask"]
+    predicted = tmp_path / "predicted"
+    tool("predict.py", f"--model={run_dir}/model.keras",
+         f"--input={os.path.join(files, 'frames', name)}", f"--output={predicted}")
+    written = np.asarray(Image.open(predicted / (os.path.splitext(name)[0] + "_mask.png")))
+    np.testing.assert_array_equal(written, mask.numpy()[0, ..., 0])
+
+
+def test_a_16_bit_frame_to_an_8_bit_model_is_refused(binary_records, deep_records, tmp_path):
+    files, _ = deep_records
+    run_dir = str(tmp_path / "run8")
+    train(binary_records, run_dir, "--epochs=1", "--steps_per_epoch=1")
+    result = tool("predict.py", f"--model={run_dir}/model.keras",
+                  f"--input={os.path.join(files, 'frames', 'frame_000.png')}",
+                  f"--output={tmp_path / 'out'}", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "frame_000.png: a 16-bit frame, but the model was trained on 8-bit" in result.stderr
+
+
+def test_mixed_bit_depths_are_refused_in_one_line(tmp_path):
+    files = synthetic.generate(str(tmp_path / "files"), count=6, size=(16, 16))
+    name = sorted(os.listdir(os.path.join(files, "frames")))[2]
+    path = os.path.join(files, "frames", name)
+    Image.fromarray(np.asarray(Image.open(path), np.uint16) * 200).save(path)
+    out = tmp_path / "records"
+    result = tool("prepare_dataset.py", f"--input={files}", f"--output={out}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    line = [line for line in result.stderr.splitlines() if "one bit depth" in line]
+    assert len(line) == 1 and name in line[0] and "16-bit" in line[0] and "8-bit" in line[0]
+    assert not out.exists()
