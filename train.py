@@ -465,7 +465,7 @@ def run():
         contract = serving.InputContract(
             eval_size, resize, channels, num_classes, ignore, manifest.get("class_names"),
             FLAGS.aug_xla, scaling.data_scale if scaling else None,
-            image_size if scaling else None, manifest.get("intensity"))
+            image_size if scaling else None, manifest.get("intensity"), manifest.get("resized_to"))
         # statistics of a global batch are a training matter, and a TensorFlow-only option
         # that other Keras backends refuse to load
         segmodels.layers.synchronize_batch_norm(model, False)

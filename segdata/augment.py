@@ -389,7 +389,8 @@ def _resize_plain(image, mask, out_size):
 
 
 def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
-                    mask_fill=255, channels=None, scaling=None, ignore_label=255, pad_to=None):
+                    mask_fill=255, channels=None, scaling=None, ignore_label=255, pad_to=None,
+                    prepared_size=None):
     """(h, w, c) uint8 image and (h, w, 1) mask -> out_size, jointly augmented.
 
     `config=None` (evaluation) applies only the resize policy. `channels=3` returns a
@@ -397,6 +398,8 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     `scaling`: the Scaling of the "scale" policy; `ignore_label`: not a foreground class
     (Scaling.foreground). `pad_to`: (h, w) the XLA kernel's input canvas (every frame of
     the dataset fits), else frames are padded to multiples of 64.
+    `prepared_size`: (h, w) a raw frame is stretched to first (serving a model whose records
+    prepare resized), folded into the same one resampling.
     A mapping that shrinks the frame past ANTIALIAS_ABOVE blurs the image first; the mask
     stays nearest.
     """
@@ -406,8 +409,11 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     config = config or AugmentConfig()
     out_size = tuple(int(v) for v in out_size)
     in_size = tf.shape(image)[:2]
-    d = draw(seed, config, in_size, out_size, image.shape[-1], policy, training, scaling, mask,
-             ignore_label)
+    d = draw(seed, config, prepared_size or in_size, out_size, image.shape[-1], policy, training,
+             scaling, mask, ignore_label)
+    if prepared_size is not None and d.matrix is not None:
+        # (a plain stretch of a stretch is one stretch: nothing to fold in then)
+        d = d._replace(matrix=resize_matrix(in_size, prepared_size) @ d.matrix)
     if d.gain is not None:
         # contrast centres on the frame's mean: a warp's fill pixels do not pull it down
         d = d._replace(centre=kernels.frame_mean(image[None])[0])

@@ -51,11 +51,13 @@ class InputContract:
     data_scale: float = None     # "scale": model pixels per source pixel
     train_crop: tuple = None     # "scale": the training window (height, width)
     intensity: dict = None       # 16-bit frames: the records' rule to uint8 (segdata.intensity)
+    prepared_size: tuple = None  # prepare --resize: raw frames are stretched to it first
 
     def __post_init__(self):
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
-        if self.train_crop is not None:
-            object.__setattr__(self, "train_crop", tuple(int(v) for v in self.train_crop))
+        for name in ("train_crop", "prepared_size"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         if self.resize == augment.SCALE and not self.data_scale:
             raise ValueError("input contract: resize=scale needs data_scale")
         if self.class_names is not None:
@@ -80,7 +82,8 @@ class InputContract:
     def to_json(self):
         values = dataclasses.asdict(self)
         values["image_size"] = list(self.image_size)
-        values["train_crop"] = list(self.train_crop) if self.train_crop else None
+        for name in ("train_crop", "prepared_size"):
+            values[name] = list(getattr(self, name)) if getattr(self, name) else None
         values["class_names"] = list(self.class_names) if self.class_names else None
         return json.dumps(values, indent=2, sort_keys=True)
 
@@ -151,13 +154,16 @@ def to_model_input(image, contract, mask=None):
     size = contract.image_size
     config = augment.AugmentConfig(xla=False)
     image = _to_channels(model_pixels(image, contract), contract.channels)
-    matrix = augment.resize_matrix(tf.shape(image)[:2], size, contract.resize, training=False,
-                                   scaling=contract.scaling)
+    prepared = contract.prepared_size
+    matrix = augment.resize_matrix(prepared or tf.shape(image)[:2], size, contract.resize,
+                                   training=False, scaling=contract.scaling)
+    if prepared:
+        matrix = augment.resize_matrix(tf.shape(image)[:2], prepared) @ matrix
     dummy = mask if mask is not None else tf.zeros_like(image[..., :1])
     model_input, resized_mask = augment.augment_example(
         image, dummy, tf.constant([0, 0], tf.int64), size, config, contract.resize,
         training=False, mask_fill=contract.ignore_label, channels=contract.channels,
-        scaling=contract.scaling)
+        scaling=contract.scaling, prepared_size=contract.prepared_size)
     return model_input, (resized_mask if mask is not None else None), matrix
 
 
@@ -185,6 +191,8 @@ def _scaled_logits(model_fn, image, contract, overlap, batch_size):
     """The "scale" policy: a frame that fits the canvas at data_scale is mapped whole, as
     validation saw it; a larger one in overlapping canvas-sized windows (a side shorter
     than the canvas padded as the canvas pads it)."""
+    if contract.prepared_size:  # every frame is stretched to the size prepare gave them
+        return whole_image_logits(model_fn, image, contract)
     canvas = contract.source_canvas()
     height, width = tf.shape(image)[0], tf.shape(image)[1]
 

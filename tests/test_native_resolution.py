@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from harness import TINY_WINDOWS, tool, train
 from segdata import records
@@ -214,3 +215,24 @@ def test_frames_of_many_sizes_compile_the_kernel_once(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["frames"] == 16 and result["min_size"] != result["max_size"]
     assert result["compiles"] == 1
+
+
+def test_frames_prepare_resized_are_served_through_the_same_resize(tmp_path):
+    """prepare --resize=32,32 stretched 48x64 frames; a model trained on them with the pad
+    policy must see a raw 48x64 frame stretched to 32x32 first (the contract records
+    prepare's size), not padded with its own aspect ratio."""
+    from segdata import prepare, synthetic
+    files = synthetic.generate(str(tmp_path / "files"), count=6, size=(48, 64))
+    out = str(tmp_path / "records")
+    prepare.prepare(prepare.PrepareConfig(input=files, output=out, resize=(32, 32),
+                                          progress=False, workers=1))
+    stored = records.read_split(out, "train")[0]
+    raw = np.asarray(Image.open(os.path.join(files, "frames",
+                                             f"frame_{stored['id']}.png")))[..., None]
+    contract = serving.InputContract((32, 32), "pad", 1, 2, prepared_size=(32, 32))
+    as_trained = serving.to_model_input(tf.constant(stored["image"]), contract)[0].numpy()
+    served = serving.to_model_input(tf.constant(raw), contract)[0].numpy()
+    unaware = serving.to_model_input(
+        tf.constant(raw), serving.InputContract((32, 32), "pad", 1, 2))[0].numpy()
+    error = lambda x: np.abs(x.astype(float) - as_trained).mean()  # noqa: E731
+    assert error(served) < 4 and error(unaware) > 4 * error(served)
