@@ -39,8 +39,8 @@ flags.DEFINE_string("train_crop", "", "Native-resolution training: random HxW wi
                     "or 'H,W') of each frame scaled by --data_scale x a random --aug_scale; "
                     "validation and test then run on whole frames at --data_scale (one canvas, "
                     "the largest frame). Replaces --image_size and --resize.")
-flags.DEFINE_string("aug_scale", "1,1", "--train_crop: random scale 'MIN,MAX' (log-uniform) "
-                    "around --data_scale, e.g. '0.7,1.4'.")
+flags.DEFINE_list("aug_scale", ["1", "1"], "--train_crop: random scale 'MIN,MAX' "
+                  "(log-uniform) around --data_scale, e.g. '0.7,1.4'.")
 flags.DEFINE_float("data_scale", 1.0, "--train_crop: model pixels per source pixel for the "
                    "whole run (1: native; 0.5 halves every frame, antialiased).")
 flags.DEFINE_float("crop_foreground", 0.0, "--train_crop: probability that a window is "
@@ -280,35 +280,36 @@ def _check_data(data_dir, replicas):
     return manifest, steps
 
 
-def _input_geometry(manifest, model_options):
-    """(training size, evaluation size, resize policy, augment.Scaling or None) from the
-    flags: --image_size and --resize, or --train_crop's windows and its evaluation canvas,
-    every val/test frame at --data_scale rounded up to the model's size multiple."""
-    from segdata import augment
-    crop_flags = ("aug_scale", "data_scale", "crop_foreground")
+def _input_spec(data_dir, manifest, model_options, channels):
+    """The run's spec.InputSpec from the flags: --image_size and --resize, or --train_crop's
+    windows and their evaluation canvas (every val/test frame at --data_scale, rounded up
+    to the model's size multiple)."""
+    from segdata import augment, spec
     if not FLAGS.train_crop:
-        given = [f"--{name}" for name in crop_flags if FLAGS[name].present]
+        given = [f"--{name}" for name in ("aug_scale", "data_scale", "crop_foreground")
+                 if FLAGS[name].present]
         if given:
             raise ValueError(f"{', '.join(given)}: only with --train_crop (native-resolution "
                              "windows); add --train_crop=H,W or drop them")
-        size = cli.parse_image_size(FLAGS.image_size)
-        return size, size, FLAGS.resize, None
+        return spec.InputSpec.for_records(data_dir, cli.parse_image_size(FLAGS.image_size),
+                                          FLAGS.resize, channels, FLAGS.aug_xla)
     for name in ("image_size", "resize"):
         if FLAGS[name].present:
             raise ValueError(f"--{name} and --train_crop: windows are cut at --data_scale, "
                              f"not resized to one size; drop --{name}")
     crop = cli.parse_image_size(FLAGS.train_crop, "train_crop")
-    scaling = augment.Scaling(FLAGS.data_scale, cli.parse_range(FLAGS.aug_scale, "aug_scale"),
-                              FLAGS.crop_foreground)
     multiple = segmodels.size_multiple(FLAGS.model, model_options)
     if crop[0] % multiple or crop[1] % multiple:
         raise ValueError(f"--train_crop={FLAGS.train_crop}: --model={FLAGS.model} needs sides "
                          f"that are multiples of {multiple}")
+    if not FLAGS.data_scale > 0:
+        raise ValueError(f"--data_scale={FLAGS.data_scale}: must be > 0 (1 = native)")
     frames = [manifest["splits"][split]["max_size"] for split in ("val", "test")
               if manifest["splits"][split]["count"]]
     canvas = tuple(-(-math.ceil(max(size[axis] for size in frames) * FLAGS.data_scale - 1e-6)
                      // multiple) * multiple for axis in (0, 1))
-    return crop, canvas, augment.SCALE, scaling
+    return spec.InputSpec.for_records(data_dir, canvas, augment.SCALE, channels, FLAGS.aug_xla,
+                                      FLAGS.data_scale, crop)
 
 
 def _loss_fn(manifest):
@@ -340,9 +341,10 @@ def run():
     model_dir = FLAGS.model_dir or os.path.join(ROOT, "runs", FLAGS.model)
     manifest, steps = _check_data(data_dir, strategy.num_replicas_in_sync)
     model_options = segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict())
-    image_size, eval_size, resize, scaling = _input_geometry(manifest, model_options)
-    num_classes, ignore = manifest["num_classes"], manifest["ignore_label"]
-    channels = FLAGS.channels or manifest.get("channels", 3)
+    # the model's input, decided once: pipeline, model, contract and serving read it
+    spec = _input_spec(data_dir, manifest, model_options, FLAGS.channels)
+    config = augment.AugmentConfig.from_flags(FLAGS)
+    num_classes, ignore, channels = spec.num_classes, spec.ignore_label, spec.channels
     if FLAGS.monitor not in loop.MONITORS:
         raise ValueError(f"--monitor={FLAGS.monitor}: not a value the loop logs; expected one "
                          f"of {', '.join(loop.MONITORS)}")
@@ -356,14 +358,15 @@ def run():
     slow = distribute.slow_precision_warning(precision)
     if slow:
         _log(f"warning: {slow}")
-    geometry = (f"image_size={image_size}" if scaling is None else
-                f"train_crop={image_size} data_scale={scaling.data_scale} aug_scale="
-                f"{scaling.aug_scale} crop_foreground={scaling.foreground} eval_canvas={eval_size}")
+    windows = spec.train_crop is not None
+    geometry = (f"train_crop={spec.train_crop} data_scale={spec.data_scale} aug_scale="
+                f"{config.scale} crop_foreground={config.crop_foreground} eval_canvas="
+                f"{spec.image_size}" if windows else f"image_size={spec.image_size}")
     _log(f"{distribute.describe(strategy)} precision={precision} model={FLAGS.model} "
          f"{geometry} batch={FLAGS.batch_size} steps/epoch={steps} "
          f"num_classes={num_classes} data={data_dir}")
     # windows and whole frames differ in size: one fully convolutional model takes both
-    input_shape = (image_size if scaling is None else (None, None)) + (channels,)
+    input_shape = ((None, None) if windows else spec.image_size) + (channels,)
     with strategy.scope():
         model = segmodels.build_model(FLAGS.model, input_shape, num_classes, **model_options)
         if FLAGS.sync_batch_norm:
@@ -400,18 +403,15 @@ def run():
             scale = "; its float16 loss scale is dropped"
         _log(f"resuming a {trained_in} run in {precision}: the weights and the optimizer's "
              f"step, moments and schedule position carry over{scale}")
-    config = augment.AugmentConfig.from_flags(FLAGS)
     mask_fill = ignore if FLAGS.mask_fill < 0 else FLAGS.mask_fill
-    options = dict(augment_config=config, resize=resize, channels=channels, mask_fill=mask_fill,
-                   cache=FLAGS.cache, skip_corrupt=FLAGS.skip_corrupt, scaling=scaling)
+    reading = dict(cache=FLAGS.cache, skip_corrupt=FLAGS.skip_corrupt)
 
     def train_fn(context):
         per_replica = context.get_per_replica_batch_size(FLAGS.batch_size)
-        dataset = pipeline.make_dataset(
-            data_dir, "train", per_replica, image_size=image_size, seed=FLAGS.seed,
-            input_context=context, augment_on=FLAGS.augment_on,
-            start_index=start_epoch * steps * per_replica, on_service=bool(FLAGS.data_service),
-            **options)
+        dataset = pipeline.training_dataset(
+            data_dir, spec, per_replica, config, seed=FLAGS.seed, input_context=context,
+            augment_on=FLAGS.augment_on, start_index=start_epoch * steps * per_replica,
+            mask_fill=mask_fill, on_service=bool(FLAGS.data_service), **reading)
         if FLAGS.data_service:
             # decode + augment run on the service workers (sharding: see segdata/service.py)
             from segdata import service
@@ -419,9 +419,10 @@ def run():
         return dataset
 
     def eval_dataset(split):
-        return strategy.distribute_datasets_from_function(lambda context: pipeline.make_dataset(
-            data_dir, split, context.get_per_replica_batch_size(FLAGS.batch_size),
-            input_context=context, pad_batches=True, image_size=eval_size, **options))
+        return strategy.distribute_datasets_from_function(
+            lambda context: pipeline.evaluation_dataset(
+                data_dir, split, spec, context.get_per_replica_batch_size(FLAGS.batch_size),
+                input_context=context, pad_batches=True, **reading))
 
     preprocess = None
     if FLAGS.augment_on == "device":
@@ -431,8 +432,8 @@ def run():
         if FLAGS.freeze_encoder_epochs else None
     trainer = loop.Trainer(strategy, model, optimizer, _loss_fn(manifest), num_classes, ignore,
                            preprocess, FLAGS.jit_compile, FLAGS.steps_per_loop, freeze)
-    sample = next(iter(pipeline.make_dataset(data_dir, "val", 4, image_size=eval_size,
-                                             **options))) if is_chief else None
+    sample = next(iter(pipeline.evaluation_dataset(data_dir, "val", spec, 4, **reading))) \
+        if is_chief else None
     callback_list = keras.callbacks.CallbackList(callbacks.make_callbacks(
         model_dir, FLAGS.monitor, FLAGS.mode, FLAGS.patience, FLAGS.min_delta, is_chief,
         start_epoch, (sample["image"], sample["mask"]) if sample else None), model=model)
@@ -462,22 +463,18 @@ def run():
          f"pixel_accuracy={test['pixel_accuracy']:.4f}")
     if FLAGS.export:
         # the contract travels with the model: predict, evaluate and the SavedModel read it
-        contract = serving.InputContract(
-            eval_size, resize, channels, num_classes, ignore, manifest.get("class_names"),
-            FLAGS.aug_xla, scaling.data_scale if scaling else None,
-            image_size if scaling else None, manifest.get("intensity"), manifest.get("resized_to"))
         # statistics of a global batch are a training matter, and a TensorFlow-only option
         # that other Keras backends refuse to load
         segmodels.layers.synchronize_batch_norm(model, False)
-        if scaling is not None:
+        if windows:
             # exported at the canvas: every format, and serving's signature, has one input size
-            served = segmodels.build_model(FLAGS.model, eval_size + (channels,), num_classes,
-                                           **model_options)
+            served = segmodels.build_model(FLAGS.model, spec.image_size + (channels,),
+                                           num_classes, **model_options)
             served.set_weights(model.get_weights())
             model = served
         model.save(os.path.join(model_dir, "model.keras"))
-        contract.save(model_dir)
-        export.export_saved_model(model, os.path.join(model_dir, "export"), contract)
+        spec.save(model_dir)  # the model's input contract
+        export.export_saved_model(model, os.path.join(model_dir, "export"), spec)
         _log(f"saved {model_dir}/model.keras, {serving.FILENAME} and {model_dir}/export/ "
              "(SavedModel)")
     return 0

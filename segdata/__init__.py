@@ -6,7 +6,8 @@ Modules (import the one you need; nothing here has import side effects):
   prepare   split, validate, write shards + manifest atomically
   records   the TFRecord schema and manifest: encode, parse, list shards
   augment   joint image/mask augmentation with one seed per example
-  pipeline  make_dataset(): the tf.data input pipeline
+  spec      InputSpec: the model's input, decided once per run (its saved form: the contract)
+  pipeline  training_dataset(), evaluation_dataset(): the tf.data input pipeline
   atomic    files that appear whole or not at all
   serving   raw images <-> model input and output as training mapped them (inference)
   synthetic a deterministic built-in dataset

@@ -35,28 +35,6 @@ MAX_BLUR_LEVELS = 4
 
 
 @dataclasses.dataclass(frozen=True)
-class Scaling:
-    """The "scale" policy: model pixels per source pixel, `data_scale` times a random factor
-    drawn log-uniformly from `aug_scale` when training (1, 1: none); the training window is
-    then placed at random inside the scaled frame, or, with probability `foreground`,
-    centred on a random pixel of a random foreground class present in the frame (nnU-Net's
-    foreground oversampling). Evaluation places the scaled frame at the canvas's top left."""
-    data_scale: float = 1.0
-    aug_scale: tuple = (1.0, 1.0)
-    foreground: float = 0.0
-
-    def __post_init__(self):
-        object.__setattr__(self, "aug_scale", tuple(float(v) for v in self.aug_scale))
-        if not self.data_scale > 0:
-            raise ValueError(f"--data_scale={self.data_scale}: must be > 0 (1 = native)")
-        low, high = self.aug_scale
-        if not 0 < low <= high:
-            raise ValueError(f"--aug_scale={low},{high}: expected 0 < MIN <= MAX, e.g. 0.7,1.4")
-        if not 0 <= self.foreground <= 1:
-            raise ValueError(f"--crop_foreground={self.foreground}: a probability in [0, 1]")
-
-
-@dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Each field is one train.py flag of the same name (prefixed `aug_`)."""
     hflip: bool = False
@@ -75,12 +53,20 @@ class AugmentConfig:
     noise: float = 0.0        # gaussian noise, stddev in grey levels
     fill_mode: str = "constant"  # outside the image: constant (mask -> mask_fill), reflect, nearest
     xla: bool = True          # kernels.xla on the host (else kernels.reference)
+    # the "scale" policy's windows (train.py --train_crop):
+    scale: tuple = (1.0, 1.0)  # random factor on the run's data_scale, log-uniform in [min, max]
+    crop_foreground: float = 0.0  # P(window centred on a pixel of a random present foreground class)
+
+    # fields whose flag is not `aug_<field>`
+    _FLAG_NAMES = {"crop_foreground": "crop_foreground"}
 
     @classmethod
     def from_flags(cls, flag_values, prefix="aug_"):
         """Fields from the `aug_<field>` flags that `flag_values` defines (absl FlagValues)."""
-        return cls(**{f.name: flag_values[prefix + f.name].value for f in dataclasses.fields(cls)
-                      if prefix + f.name in flag_values})
+        names = {f.name: cls._FLAG_NAMES.get(f.name, prefix + f.name)
+                 for f in dataclasses.fields(cls)}
+        return cls(**{field: flag_values[flag].value for field, flag in names.items()
+                      if flag in flag_values})
 
     @property
     def warps(self):
@@ -102,6 +88,18 @@ class AugmentConfig:
             raise ValueError("aug_zoom and aug_crop must be < 1")
         if self.elastic_grid < 2:
             raise ValueError(f"aug_elastic_grid={self.elastic_grid}: needs >= 2 points a side")
+        try:
+            scale = tuple(float(v) for v in self.scale)
+        except (TypeError, ValueError):
+            scale = ()
+        if len(scale) == 1:
+            scale = scale * 2
+        if len(scale) != 2 or not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"--aug_scale={','.join(str(v) for v in self.scale)}: expected "
+                             "MIN,MAX with 0 < MIN <= MAX, e.g. 0.7,1.4")
+        object.__setattr__(self, "scale", scale)
+        if not 0 <= self.crop_foreground <= 1:
+            raise ValueError(f"--crop_foreground={self.crop_foreground}: a probability in [0, 1]")
 
 
 class Draw(NamedTuple):
@@ -175,19 +173,19 @@ def foreground_pixel(mask, seed, ignore_label=255):
     return found, y_x[0], y_x[1]
 
 
-def _scale_matrix(in_size, out_size, scaling, seed, training, mask, ignore_label):
+def _scale_matrix(in_size, out_size, data_scale, config, seed, training, mask, ignore_label):
     in_h, in_w = tf.cast(in_size[0], tf.float32), tf.cast(in_size[1], tf.float32)
     out_h, out_w = float(out_size[0]), float(out_size[1])
-    scale = tf.constant(scaling.data_scale, tf.float32)
+    scale = tf.constant(data_scale, tf.float32)
     if not training:
         # x_in = (x_out + 0.5) / scale - 0.5: the frame at the top left, the rest padding
         return _translate(-0.5, -0.5) @ _scale(1 / scale, 1 / scale) @ _translate(0.5, 0.5)
-    low, high = scaling.aug_scale
+    low, high = config.scale
     if high > low:
         scale = scale * tf.exp(_uniform(seed, 110, math.log(low), math.log(high)))
     centred, cy, cx = tf.constant(False), 0.0, 0.0
-    if scaling.foreground and mask is not None:
-        chosen = _uniform(seed, 113, 0, 1) < scaling.foreground
+    if config.crop_foreground and mask is not None:
+        chosen = _uniform(seed, 113, 0, 1) < config.crop_foreground
         centred, cy, cx = tf.cond(
             chosen, lambda: foreground_pixel(mask, seed, ignore_label),
             lambda: (tf.constant(False), tf.constant(0.0), tf.constant(0.0)))
@@ -197,19 +195,22 @@ def _scale_matrix(in_size, out_size, scaling, seed, training, mask, ignore_label
     return _translate(-0.5, -0.5) @ _scale(1 / scale, 1 / scale) @ _translate(ox + 0.5, oy + 0.5)
 
 
-def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False, scaling=None,
-                  mask=None, ignore_label=255):
+def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False,
+                  data_scale=1.0, config=None, mask=None, ignore_label=255):
     """Output pixel -> input pixel for the resize policy.
 
     stretch: fill the output, ignoring aspect ratio (the classic recipe).
     pad:     keep aspect, fit inside, pad the rest (fill value / mask_fill).
     crop:    keep aspect, cover the output, crop: random offset in training, centred otherwise.
-    scale:   `scaling` (a Scaling): scale the frame by a factor, cut a window of the output
-             size (training; `mask` for foreground centring) or place it top left (not).
+    scale:   scale the frame by `data_scale`; training: times `config.scale`'s random factor,
+             then a window of the output size at random or (`config.crop_foreground`, from
+             `mask`) centred on a foreground pixel; otherwise the frame at the top left.
     """
     if policy == SCALE:
-        return _scale_matrix(in_size, out_size, scaling or Scaling(), seed, training, mask,
-                             ignore_label)
+        if not data_scale > 0:
+            raise ValueError(f"--data_scale={data_scale}: must be > 0 (1 = native)")
+        return _scale_matrix(in_size, out_size, data_scale, config or AugmentConfig(), seed,
+                             training, mask, ignore_label)
     in_h, in_w = tf.cast(in_size[0], tf.float32), tf.cast(in_size[1], tf.float32)
     out_h, out_w = float(out_size[0]), float(out_size[1])
     if policy == "stretch":
@@ -273,16 +274,16 @@ def resamples(config, policy, training):
 
 
 def draw(seed, config, in_size, out_size, channels, policy="stretch", training=True,
-         scaling=None, mask=None, ignore_label=255):
+         data_scale=1.0, mask=None, ignore_label=255):
     """The Draw of one example: its seed (int64 [2]), its frame's size, the output size
-    and channels (and for the scale policy its Scaling and mask). Photometric and elastic
+    and channels (and for the scale policy the run's data_scale and the mask). Photometric and elastic
     draws only when training."""
     config = config or AugmentConfig()
     flips = training and (config.hflip or config.vflip)
     values = {}
     if resamples(config, policy, training):
-        matrix = resize_matrix(in_size, out_size, policy, seed, training, scaling, mask,
-                               ignore_label)
+        matrix = resize_matrix(in_size, out_size, policy, seed, training, data_scale, config,
+                               mask, ignore_label)
         if training and (config.warps or flips):
             # flips fold into the one matrix; the same draws (fold_in keys) as _flips
             matrix = matrix @ augmentation_matrix(seed, config, out_size)
@@ -389,14 +390,14 @@ def _resize_plain(image, mask, out_size):
 
 
 def augment_example(image, mask, seed, out_size, config=None, policy="stretch", training=True,
-                    mask_fill=255, channels=None, scaling=None, ignore_label=255, pad_to=None,
+                    mask_fill=255, channels=None, data_scale=1.0, ignore_label=255, pad_to=None,
                     prepared_size=None):
     """(h, w, c) uint8 image and (h, w, 1) mask -> out_size, jointly augmented.
 
     `config=None` (evaluation) applies only the resize policy. `channels=3` returns a
     1-channel image as RGB, repeated last (everything else runs on 1 channel).
-    `scaling`: the Scaling of the "scale" policy; `ignore_label`: not a foreground class
-    (Scaling.foreground). `pad_to`: (h, w) the XLA kernel's input canvas (every frame of
+    `data_scale`: the "scale" policy's; `ignore_label`: not a foreground class
+    (config.crop_foreground). `pad_to`: (h, w) the XLA kernel's input canvas (every frame of
     the dataset fits), else frames are padded to multiples of 64.
     `prepared_size`: (h, w) a raw frame is stretched to first (serving a model whose records
     prepare resized), folded into the same one resampling.
@@ -410,7 +411,7 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     out_size = tuple(int(v) for v in out_size)
     in_size = tf.shape(image)[:2]
     d = draw(seed, config, prepared_size or in_size, out_size, image.shape[-1], policy, training,
-             scaling, mask, ignore_label)
+             data_scale, mask, ignore_label)
     if prepared_size is not None and d.matrix is not None:
         # (a plain stretch of a stretch is one stretch: nothing to fold in then)
         d = d._replace(matrix=resize_matrix(in_size, prepared_size) @ d.matrix)

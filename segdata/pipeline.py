@@ -1,4 +1,5 @@
-"""The tf.data input pipeline, read top to bottom:
+"""The tf.data input pipeline: `training_dataset` and `evaluation_dataset`, both built from
+the run's spec.InputSpec, one reader underneath, read top to bottom:
 
     shard files -> (worker shard) -> interleave TFRecordDataset -> [shuffle -> repeat]
     -> enumerate (the per-example seed) -> parse + decode + resize + augment (one warp)
@@ -45,42 +46,55 @@ def _sharded_files(files, counts, input_context, shuffle, seed, by_data):
     return dataset, by_file
 
 
-def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_config=None,
-                 shuffle=None, seed=0, repeat=None, cache=False, deterministic=None,
-                 input_context=None, resize="stretch", channels=0, mask_fill=255,
-                 shuffle_buffer=256, augment_on="host", with_ids=False, start_index=0,
-                 skip_corrupt=False, pad_batches=False, on_service=False, scaling=None):
-    """Batches (dicts, see above) from a records folder.
+def training_dataset(records_dir, spec, batch_size, augment_config=None, seed=0,
+                     input_context=None, augment_on="host", start_index=0, mask_fill=None,
+                     cache=False, skip_corrupt=False, on_service=False, with_ids=False,
+                     shuffle=True, repeat=True, shuffle_buffer=256, deterministic=True):
+    """Training batches at `spec.training_size`: shuffled, repeated, augmented, the last
+    partial batch dropped.
 
-    Training defaults (split == "train"): shuffle, repeat, augment, drop the last
-    partial batch. Other splits: fixed order, every example exactly once, no augmentation
-    (only `augment_config.xla` applies).
+    `spec`: the run's spec.InputSpec; `augment_config`: the random part (AugmentConfig).
     `batch_size` is per input pipeline (use input_context.get_per_replica_batch_size).
-    `augment_on="device"` leaves only decode + resize here and yields each example's
-    seed as a third element for `augment.augment_batch` inside the train step.
     `seed`: the run's seed, the same in every input pipeline: it orders the files, and each
     pipeline derives its own for its example order and augmentation seeds.
+    `augment_on="device"` leaves only decode + resize (or the scaled window) here and yields
+    each example's seed for `augment.augment_batch` inside the train step.
     `start_index` offsets the per-example seeds (a resumed run continues the stream).
+    `mask_fill`: mask value of pixels a warp brings in (default the ignore label).
     `skip_corrupt` drops unreadable records with a logged warning instead of failing.
-    `pad_batches` (evaluation under a strategy): each input pipeline reads every n-th example
-    and then padding (mask all `mask_fill`, weight 0) up to ceil(examples / global batch)
-    batches per replica, so every replica runs the same number of steps (a collective never
-    waits for a replica that ran out) and every example still counts exactly once.
     `on_service`: the pipeline runs on tf.data service workers, each counting its own
     examples; the seeds' first part is then a random number drawn per example instead of
     `seed`, so no two workers give an example the same seed (the service's order is not
     reproducible anyway).
-    `resize="scale"` with `scaling` (augment.Scaling): native-resolution windows of
-    `image_size` in training, whole frames at `scaling.data_scale` on an `image_size` canvas
-    otherwise.
     """
-    training = split == "train"
-    shuffle = training if shuffle is None else shuffle
-    repeat = training if repeat is None else repeat
-    deterministic = True if deterministic is None else deterministic
-    out_size = tuple(int(v) for v in image_size)
-    if resize not in augment.POLICIES:
-        raise ValueError(f"resize={resize!r}: expected one of {augment.POLICIES}")
+    return _build(records_dir, "train", spec, batch_size, augment_config or
+                  augment.AugmentConfig(xla=spec.xla), True, shuffle, repeat, seed,
+                  input_context, augment_on, start_index,
+                  spec.ignore_label if mask_fill is None else mask_fill, cache, skip_corrupt,
+                  on_service, with_ids, False, shuffle_buffer, deterministic)
+
+
+def evaluation_dataset(records_dir, split, spec, batch_size, input_context=None,
+                       pad_batches=False, with_ids=False, cache=False, skip_corrupt=False,
+                       deterministic=True):
+    """Every example of `split` once, in stored order, mapped as serving maps a frame:
+    `spec.image_size` by its resize policy, or (the "scale" policy) the whole frame at
+    `spec.data_scale` on that canvas, padding masked with the ignore label.
+    `pad_batches` (evaluation under a strategy): each input pipeline reads every n-th example
+    and then padding (mask all ignore, weight 0) up to ceil(examples / global batch)
+    batches per replica, so every replica runs the same number of steps (a collective never
+    waits for a replica that ran out) and every example still counts exactly once.
+    """
+    return _build(records_dir, split, spec, batch_size, augment.AugmentConfig(xla=spec.xla),
+                  False, False, False, 0, input_context, "host", 0, spec.ignore_label, cache,
+                  skip_corrupt, False, with_ids, pad_batches, 0, deterministic)
+
+
+def _build(records_dir, split, spec, batch_size, augment_config, training, shuffle, repeat,
+           seed, input_context, augment_on, start_index, mask_fill, cache, skip_corrupt,
+           on_service, with_ids, pad_batches, shuffle_buffer, deterministic):
+    out_size = spec.training_size if training else spec.image_size
+    resize = spec.resize
     if augment_on not in ("host", "device"):
         raise ValueError(f"augment_on={augment_on!r}: expected host or device")
 
@@ -90,8 +104,6 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         raise records.RecordsError(f"{records_dir}: split {split!r} has no examples")
     compression = records.compression_of(manifest)
 
-    if pad_batches and repeat:
-        raise ValueError("pad_batches is for a single pass (evaluation): pass repeat=False")
     counts = [shard["count"] for shard in manifest["splits"][split]["shards"]]
     # `seed` orders the files: the same order in every input pipeline, or sharding by data
     # (every n-th example) would not share the examples out; each pipeline's example order
@@ -109,17 +121,16 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
 
     stored_channels = manifest.get("channels", 3)
     kernel_canvas = _kernel_canvas(manifest)
-    want_channels = channels or stored_channels
-    # Evaluation and --augment_on=device get no augmentation here, but keep the XLA choice
-    augment_config = augment_config or augment.AugmentConfig()
-    host_config = (augment_config if (training and augment_on == "host")
-                   else augment.AugmentConfig(xla=augment_config.xla))
+    want_channels = spec.channels
+    # --augment_on=device: only the windows' random scale and place here, the rest there
+    host_config = augment_config if augment_on == "host" else augment.AugmentConfig(
+        xla=augment_config.xla, scale=augment_config.scale,
+        crop_foreground=augment_config.crop_foreground)
     # Decoded with the stored channels, given explicitly so the shape is static; gray records
     # wanted as RGB are augmented on one channel and expanded last
     # (no AutoGraph, like `transform` below: plain TF ops)
     decode = tf.autograph.experimental.do_not_convert(
-        lambda raw: records.decode(records.parse_raw(raw), stored_channels,
-                                   manifest.get("intensity")))
+        lambda raw: records.decode(records.parse_raw(raw), stored_channels, spec.intensity))
     # Without a cache, records are shuffled still encoded and decoded in the same map as the
     # augmentation: the shuffle buffer holds compressed bytes instead of decoded frames
     # (peak RSS 1093 -> 866 MB on the RGB benchmark set, same speed: BENCHMARKS.md §2).
@@ -158,8 +169,8 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         example_seed = tf.stack([first, index])
         image, mask = augment.augment_example(
             image, example["mask"], example_seed, out_size, host_config, resize,
-            training=training, mask_fill=mask_fill, channels=want_channels, scaling=scaling,
-            ignore_label=manifest["ignore_label"], pad_to=kernel_canvas)
+            training=training, mask_fill=mask_fill, channels=want_channels,
+            data_scale=spec.data_scale, ignore_label=spec.ignore_label, pad_to=kernel_canvas)
         if want_channels == 1 and image.shape[-1] == 3:
             image = augment.to_gray(image, host_config.xla)
         out = {"image": tf.ensure_shape(image, out_size + (want_channels,)), "mask": mask}
@@ -179,7 +190,7 @@ def make_dataset(records_dir, split, batch_size, image_size=(512, 512), augment_
         dataset = dataset.ignore_errors(log_warning=True)
     if pad_batches:
         dataset = _padded(dataset, manifest["splits"][split]["count"], batch_size, input_context,
-                          manifest["ignore_label"])
+                          spec.ignore_label)
     dataset = dataset.batch(batch_size, drop_remainder=training and repeat,
                             num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     options = tf.data.Options()

@@ -22,103 +22,17 @@ the host training pipeline uses): TF Serving builds run without XLA's JIT, so a 
 holding XLA-only functions would not serve. The two kernels agree up to a grey level at
 float rounding (tests/test_kernels.py).
 """
-import dataclasses
-import json
-import os
-
 import tensorflow as tf
 
-from segdata import atomic, augment, intensity, kernels
+from segdata import augment, intensity, kernels, spec
 
-FILENAME = "input_contract.json"
+# The saved form of the run's InputSpec: the model's input contract
+InputContract = spec.InputSpec
+FILENAME = spec.FILENAME
 TTA = ("none", "hflip", "hvflip")
 # Above this, neighbouring windows overlap so much that each pixel is computed more than
 # 16 times (1 / (1 - overlap) per side); 0.99 meant a stride of 5 px and millions of windows.
 MAX_TILE_OVERLAP = 0.75
-
-
-@dataclasses.dataclass(frozen=True)
-class InputContract:
-    """What a model was trained on: written next to model.keras and into the SavedModel,
-    read by every consumer instead of flags the user must remember."""
-    image_size: tuple            # model input (height, width); "scale": the evaluation canvas
-    resize: str                  # augment.POLICIES
-    channels: int                # model input channels (1 or 3)
-    num_classes: int
-    ignore_label: int = 255
-    class_names: tuple = None
-    xla: bool = True             # the training pipeline's --aug_xla (serving: always reference)
-    data_scale: float = None     # "scale": model pixels per source pixel
-    train_crop: tuple = None     # "scale": the training window (height, width)
-    intensity: dict = None       # 16-bit frames: the records' rule to uint8 (segdata.intensity)
-    prepared_size: tuple = None  # prepare --resize: raw frames are stretched to it first
-
-    def __post_init__(self):
-        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
-        for name in ("train_crop", "prepared_size"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
-        if self.resize == augment.SCALE and not self.data_scale:
-            raise ValueError("input contract: resize=scale needs data_scale")
-        if self.class_names is not None:
-            object.__setattr__(self, "class_names", tuple(self.class_names))
-        if self.resize not in augment.POLICIES:
-            raise ValueError(f"input contract: resize={self.resize!r}, expected one of "
-                             f"{augment.POLICIES}")
-
-    @property
-    def scaling(self):
-        """augment.Scaling of the "scale" policy (evaluation: no random part), else None."""
-        return augment.Scaling(self.data_scale) if self.resize == augment.SCALE else None
-
-    def source_canvas(self):
-        """"scale": the largest frame (h, w) that fits the canvas whole, in source pixels."""
-        return tuple(int(side / self.data_scale) for side in self.image_size)
-
-    @property
-    def logit_channels(self):
-        return 1 if self.num_classes == 2 else self.num_classes
-
-    def to_json(self):
-        values = dataclasses.asdict(self)
-        values["image_size"] = list(self.image_size)
-        for name in ("train_crop", "prepared_size"):
-            values[name] = list(getattr(self, name)) if getattr(self, name) else None
-        values["class_names"] = list(self.class_names) if self.class_names else None
-        return json.dumps(values, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text):
-        return cls(**json.loads(text))
-
-    def save(self, folder):
-        """FILENAME in `folder`, atomically."""
-        path = os.path.join(folder, FILENAME)
-        with atomic.replacing(path) as handle:
-            handle.write(self.to_json())
-        return path
-
-    @classmethod
-    def load(cls, folder):
-        path = os.path.join(folder, FILENAME)
-        if not os.path.isfile(path):
-            raise ValueError(f"{path}: no input contract (runs from before it was written: "
-                             "pass --image_size and --resize as trained)")
-        with open(path) as handle:
-            return cls.from_json(handle.read())
-
-    def check(self, **given):
-        """Flag values a user passed must agree with the contract: ValueError naming both."""
-        for name, value in given.items():
-            if value in (None, "", 0):
-                continue
-            mine = getattr(self, name)
-            if name == "image_size":
-                value = tuple(value)
-            if value != mine:
-                raise ValueError(f"--{name}={value} contradicts the model's input contract "
-                                 f"({name}={mine}); drop the flag: the contract is how the "
-                                 "model was trained")
 
 
 def model_pixels(image, contract):
@@ -156,14 +70,14 @@ def to_model_input(image, contract, mask=None):
     image = _to_channels(model_pixels(image, contract), contract.channels)
     prepared = contract.prepared_size
     matrix = augment.resize_matrix(prepared or tf.shape(image)[:2], size, contract.resize,
-                                   training=False, scaling=contract.scaling)
+                                   training=False, data_scale=contract.data_scale)
     if prepared:
         matrix = augment.resize_matrix(tf.shape(image)[:2], prepared) @ matrix
     dummy = mask if mask is not None else tf.zeros_like(image[..., :1])
     model_input, resized_mask = augment.augment_example(
         image, dummy, tf.constant([0, 0], tf.int64), size, config, contract.resize,
         training=False, mask_fill=contract.ignore_label, channels=contract.channels,
-        scaling=contract.scaling, prepared_size=contract.prepared_size)
+        data_scale=contract.data_scale, prepared_size=contract.prepared_size)
     return model_input, (resized_mask if mask is not None else None), matrix
 
 

@@ -16,18 +16,6 @@ def parse_image_size(text, flag="image_size"):
     return size
 
 
-def parse_range(text, flag):
-    """'0.7,1.4' -> (0.7, 1.4); one number x -> (x, x); anything else: ValueError."""
-    try:
-        values = tuple(float(p) for p in str(text).split(",") if p.strip())
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2:
-        raise ValueError(f"--{flag}={text!r}: expected 'MIN,MAX' like '0.7,1.4'")
-    return values
-
 
 def parse_tile(text):
     """--tile: '' -> None (whole images), 'model' -> windows of the model's input size,

@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from harness import tool, train
-from segdata import pipeline, records, serving, synthetic
+from segdata import pipeline, records, serving, spec, synthetic
 
 
 def _deepen(root, low=100, step=16, hot_pixels=True):
@@ -50,8 +50,8 @@ def test_prepare_keeps_the_depth_and_decides_the_rule_from_all_frames(deep_recor
     assert abs(rule["high"] - np.percentile(every, 99.5)) <= 3 * 16
     assert rule["high"] < 5000
     # the records hold the 16-bit values; the pipeline's model input follows the rule
-    batch = next(iter(pipeline.make_dataset(out, "val", 100, (32, 32), shuffle=False,
-                                            with_ids=True)))
+    batch = next(iter(pipeline.evaluation_dataset(
+        out, "val", spec.InputSpec.for_records(out, (32, 32)), 100, with_ids=True)))
     for image, example_id in zip(batch["image"].numpy(), batch["id"].numpy()):
         name = example_id.decode()
         raw = np.asarray(Image.open(os.path.join(files, "frames", f"frame_{name}.png")))

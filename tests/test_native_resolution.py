@@ -22,10 +22,10 @@ def _ramp(size=(200, 200)):
                            size + (1,)).copy()
 
 
-def _window(image, mask, seed, scaling, size=WINDOW, config=None):
+def _window(image, mask, seed, data_scale=1.0, **config):
     out_image, out_mask = augment.augment_example(
-        tf.constant(image), tf.constant(mask), tf.constant([seed, 3], tf.int64), size,
-        config or augment.AugmentConfig(), augment.SCALE, training=True, scaling=scaling)
+        tf.constant(image), tf.constant(mask), tf.constant([seed, 3], tf.int64), WINDOW,
+        augment.AugmentConfig(**config), augment.SCALE, training=True, data_scale=data_scale)
     return out_image.numpy().astype(float), out_mask.numpy()
 
 
@@ -36,18 +36,15 @@ def _slope(window):
 @pytest.mark.parametrize("xla", [True, False])
 def test_windows_are_cut_at_the_drawn_scale(xla):
     image, mask = _ramp(), np.zeros((200, 200, 1), np.uint8)
-    config = augment.AugmentConfig(xla=xla)
-    half = [_slope(_window(image, mask, s, augment.Scaling(0.5), config=config)[0])
-            for s in range(5)]
+    half = [_slope(_window(image, mask, s, 0.5, xla=xla)[0]) for s in range(5)]
     np.testing.assert_allclose(half, 2.0, atol=0.07)  # data_scale 0.5: 2 source px a pixel
-    jittered = [_slope(_window(image, mask, s, augment.Scaling(1.0, (0.5, 2.0)),
-                               config=config)[0]) for s in range(30)]
+    jittered = [_slope(_window(image, mask, s, scale=(0.5, 2.0), xla=xla)[0])
+                for s in range(30)]
     assert 0.5 - 0.07 <= min(jittered) < 0.75 and 1.5 < max(jittered) <= 2.0 + 0.07
     # log-uniform: as many windows magnified as shrunk
     assert 8 <= sum(slope < 1 for slope in jittered) <= 22
     # every window lies inside the frame (scaled, it is larger than the window)
-    origins = [_window(image, mask, s, augment.Scaling(1.0), config=config)[0][0, 0, 0]
-               for s in range(30)]
+    origins = [_window(image, mask, s, xla=xla)[0][0, 0, 0] for s in range(30)]
     assert min(origins) >= 0 and max(origins) <= 200 - 32 and len(set(origins)) > 10
 
 
@@ -62,13 +59,12 @@ def _rare_object_frame():
 
 def test_crop_foreground_centres_windows_on_present_classes():
     image, mask = _rare_object_frame()
-    with_object = lambda p: [(_window(image, mask, s, augment.Scaling(1.0, foreground=p))[1]  # noqa: E731
-                              == 2).any() for s in range(40)]
+    with_object = lambda p: [(_window(image, mask, s, crop_foreground=p)[1] == 2).any()  # noqa
+                             for s in range(40)]
     centred = with_object(1.0)
     # a class drawn uniformly among the two present: about half the windows hold the object
     assert 10 <= sum(centred) <= 30
-    windows = [_window(image, mask, s, augment.Scaling(1.0, foreground=1.0))[1]
-               for s in range(40)]
+    windows = [_window(image, mask, s, crop_foreground=1.0)[1] for s in range(40)]
     assert all(((w == 1) | (w == 2)).any() for w in windows)  # never only background
     # at random, a 32 px window holds the 3x3 object in ~(34/128)^2 = 7% of draws
     assert sum(with_object(0.0)) <= 8
@@ -81,8 +77,8 @@ def test_evaluation_places_the_whole_frame_on_the_canvas(xla):
     mask = rng.integers(0, 3, (40, 56, 1), dtype=np.uint8)
     got_image, got_mask = augment.augment_example(
         tf.constant(image), tf.constant(mask), tf.constant([0, 0], tf.int64), (64, 64),
-        augment.AugmentConfig(xla=xla), augment.SCALE, training=False, mask_fill=255,
-        scaling=augment.Scaling(1.0, (0.5, 2.0), foreground=1.0))  # training-only parts
+        augment.AugmentConfig(xla=xla, scale=(0.5, 2.0), crop_foreground=1.0),  # training's
+        augment.SCALE, training=False, mask_fill=255)
     np.testing.assert_array_equal(got_image.numpy()[:40, :56], image)
     np.testing.assert_array_equal(got_mask.numpy()[:40, :56], mask)
     assert (got_image.numpy()[40:] == 0).all() and (got_image.numpy()[:, 56:] == 0).all()
@@ -112,8 +108,8 @@ def test_contract_round_trips_and_old_contracts_load():
     old = json.loads(serving.InputContract((32, 32), "stretch", 1, 2).to_json())
     for key in ("data_scale", "train_crop"):
         del old[key]
-    assert serving.InputContract.from_json(json.dumps(old)).scaling is None
-    with pytest.raises(ValueError, match="data_scale"):
+    assert serving.InputContract.from_json(json.dumps(old)).data_scale is None
+    with pytest.raises(ValueError, match="--data_scale=None: must be > 0"):
         serving.InputContract((32, 32), augment.SCALE, 1, 2)
 
 
@@ -134,7 +130,7 @@ def test_shrinking_is_antialiased_like_tf_image_resize(path):
         if path == "scale":
             return augment.augment_example(
                 tf.constant(image), tf.constant(mask), tf.constant([0, 0], tf.int64), (64, 64),
-                None, augment.SCALE, training=False, scaling=augment.Scaling(0.25))[0]
+                None, augment.SCALE, training=False, data_scale=0.25)[0]
         config = augment.AugmentConfig(rotation=1e-4) if path == "warp" else None
         return augment.augment_example(tf.constant(image), tf.constant(mask),
                                        tf.constant([0, 0], tf.int64), (64, 64), config,
@@ -192,7 +188,8 @@ def test_crop_training_scores_are_what_the_export_gives(many_sizes_records, tmp_
     (["--aug_scale=0.5,2"], "--aug_scale: only with --train_crop"),
     (["--train_crop=32", "--image_size=32"], "--image_size and --train_crop"),
     (["--train_crop=30"], "--train_crop=30: --model=unet needs sides that are multiples of 4"),
-    (["--train_crop=32", "--aug_scale=2,1"], "--aug_scale=2.0,1.0: expected 0 < MIN <= MAX"),
+    (["--train_crop=32", "--aug_scale=2,1"], "--aug_scale=2,1: expected MIN,MAX with 0 < MIN"),
+    (["--train_crop=32", "--aug_scale=0.7,x"], "--aug_scale=0.7,x: expected MIN,MAX"),
     (["--train_crop=32", "--data_scale=0"], "--data_scale=0.0: must be > 0"),
     (["--train_crop=32", "--crop_foreground=1.5"], "--crop_foreground=1.5"),
     (["--train_crop=32", "--model=deeplabv3plus", "--encoder=mobilenetv2"],

@@ -5,7 +5,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from segdata import augment, pipeline, records
+from segdata import augment, pipeline, records, spec
+
+
+def _training(records_dir, size, config=None, batch=4, channels=0, **options):
+    input_spec = spec.InputSpec.for_records(records_dir, size, channels=channels)
+    return pipeline.training_dataset(records_dir, input_spec, batch, config, **options)
+
+
+def _evaluation(records_dir, split, size, batch, channels=0, policy="stretch", **options):
+    input_spec = spec.InputSpec.for_records(records_dir, size, policy, channels)
+    return pipeline.evaluation_dataset(records_dir, split, input_spec, batch, **options)
 
 WARP_CASES = {
     "hflip": augment.AugmentConfig(hflip=True),
@@ -74,8 +84,7 @@ def test_hflip_matches_numpy_flip():
 
 @pytest.mark.parametrize("policy", augment.RESIZE_POLICIES)
 def test_resize_policies_shapes_and_mask_values(binary_records, policy):
-    ds = pipeline.make_dataset(binary_records, "val", 3, image_size=(40, 56), resize=policy,
-                               channels=3)
+    ds = _evaluation(binary_records, "val", (40, 56), 3, channels=3, policy=policy)
     for batch in ds:
         image, mask = batch["image"], batch["mask"]
         assert image.dtype == tf.uint8 and mask.dtype == tf.uint8
@@ -91,8 +100,7 @@ def test_resize_policies_shapes_and_mask_values(binary_records, policy):
 def test_augmented_mask_values_subset(multiclass_records):
     config = augment.AugmentConfig(hflip=True, rotation=40, zoom=0.3, shear=10, brightness=0.2,
                                    contrast=0.2, saturation=0.3, hue=0.05, noise=5)
-    ds = pipeline.make_dataset(multiclass_records, "train", 4, image_size=(32, 32),
-                               augment_config=config, seed=3)
+    ds = _training(multiclass_records, (32, 32), config, seed=3)
     for batch in ds.take(5):
         image, mask = batch["image"], batch["mask"]
         assert set(np.unique(mask.numpy()).tolist()) <= {0, 1, 2, 3, 255}
@@ -101,8 +109,7 @@ def test_augmented_mask_values_subset(multiclass_records):
 
 def test_determinism_and_seed_sensitivity(binary_records):
     config = augment.AugmentConfig(hflip=True, rotation=20, brightness=0.1, noise=3)
-    make = lambda seed: pipeline.make_dataset(binary_records, "train", 4, image_size=(32, 32),  # noqa
-                                              augment_config=config, seed=seed)
+    make = lambda seed: _training(binary_records, (32, 32), config, seed=seed)  # noqa: E731
     first = [b["image"].numpy() for b in make(5).take(3)]
     again = [b["image"].numpy() for b in make(5).take(3)]
     other = [b["image"].numpy() for b in make(6).take(3)]
@@ -116,7 +123,7 @@ def test_determinism_and_seed_sensitivity(binary_records):
 
 
 def test_eval_split_yields_every_example_once(binary_records):
-    ds = pipeline.make_dataset(binary_records, "val", 3, image_size=(64, 64), with_ids=True)
+    ds = _evaluation(binary_records, "val", (64, 64), 3, with_ids=True)
     ids = [i.decode() for batch in ds for i in batch["id"].numpy()]
     expected = [e["id"] for e in records.read_split(binary_records, "val")]
     assert ids == expected and len(ids) == 8
@@ -124,8 +131,7 @@ def test_eval_split_yields_every_example_once(binary_records):
 
 def test_device_augmentation_matches_shapes(binary_records):
     config = augment.AugmentConfig(hflip=True, rotation=20)
-    ds = pipeline.make_dataset(binary_records, "train", 4, image_size=(48, 48),
-                               augment_config=config, augment_on="device")
+    ds = _training(binary_records, (48, 48), config, augment_on="device")
     batch = next(iter(ds))
     images, masks, seeds = batch["image"], batch["mask"], batch["seed"]
     out_images, out_masks = tf.function(augment.augment_batch)(images, masks, seeds, config)
@@ -156,8 +162,8 @@ def test_worker_sharding_partitions_examples(binary_records):
     seen = []
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker)
-        ds = pipeline.make_dataset(binary_records, "val", 2, image_size=(64, 64), with_ids=True,
-                                   input_context=context)
+        ds = _evaluation(binary_records, "val", (64, 64), 2, with_ids=True,
+                         input_context=context)
         seen.append([i.decode() for b in ds for i in b["id"].numpy()])
     assert not set(seen[0]) & set(seen[1])
     assert sorted(seen[0] + seen[1]) == sorted(e["id"] for e in records.read_split(binary_records, "val"))
@@ -174,13 +180,13 @@ def test_corrupt_shard_and_missing_manifest(binary_records, tmp_path):
         records.list_shards(bad, "train", verify=True)
     assert records.find_corrupt_shards(bad, "train") == [shard]
     with pytest.raises(tf.errors.DataLossError):
-        for _ in pipeline.make_dataset(bad, "train", 2, image_size=(32, 32), repeat=False):
+        for _ in _training(bad, (32, 32), batch=2, repeat=False):
             pass
-    survived = sum(b["image"].shape[0] for b in pipeline.make_dataset(
-        bad, "train", 1, image_size=(32, 32), repeat=False, shuffle=False, skip_corrupt=True))
+    survived = sum(b["image"].shape[0] for b in _training(
+        bad, (32, 32), batch=1, repeat=False, shuffle=False, skip_corrupt=True))
     assert 0 < survived < 28
     with pytest.raises(records.RecordsError, match="manifest.json"):
-        pipeline.make_dataset(str(tmp_path), "train", 2)
+        _training(str(tmp_path), (32, 32))
 
 
 def test_manifest_cannot_escape_records_folder(binary_records, tmp_path):
@@ -231,9 +237,9 @@ def test_photometric_same_eagerly_and_in_dataset_map():
 ])
 def test_gray_asked_as_rgb_is_the_gray_output_repeated(binary_records, aug, on, split):
     config = augment.AugmentConfig(**aug) if aug else None
-    make = lambda channels: pipeline.make_dataset(  # noqa: E731
-        binary_records, split, 4, image_size=(48, 40), augment_config=config, seed=5,
-        channels=channels, augment_on=on)
+    make = lambda channels: (  # noqa: E731
+        _evaluation(binary_records, split, (48, 40), 4, channels) if split != "train" else
+        _training(binary_records, (48, 40), config, channels=channels, seed=5, augment_on=on))
     for gray, rgb in zip(make(1).take(2), make(3).take(2)):
         assert gray["image"].shape[-1] == 1 and rgb["image"].shape[-1] == 3
         np.testing.assert_array_equal(rgb["image"].numpy(), np.repeat(gray["image"].numpy(), 3, axis=-1))
@@ -247,9 +253,8 @@ def test_rgb_asked_as_gray_is_the_rgb_output_grayed(multiclass_records, aug):
     instead of three); the result is the RGB pipeline's output grayed, up to rounding,
     wherever no colour channel was clipped at 0 or 255 (gray first clips only the gray) and
     up to the contrast centre (the gray image's mean, not the mean over R, G and B)."""
-    make = lambda channels: pipeline.make_dataset(  # noqa: E731
-        multiclass_records, "train", 4, image_size=(48, 40), seed=5, channels=channels,
-        augment_config=augment.AugmentConfig(**aug))
+    make = lambda channels: _training(  # noqa: E731
+        multiclass_records, (48, 40), augment.AugmentConfig(**aug), channels=channels, seed=5)
     for gray, rgb in zip(make(1).take(2), make(3).take(2)):
         assert gray["image"].shape[-1] == 1
         expected = tf.image.rgb_to_grayscale(tf.cast(rgb["image"], tf.float32)).numpy()

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from harness import ROOT, python, run, train
-from segdata import pipeline, records, service
+from segdata import pipeline, records, service, spec
 from segtrain import distribute, optim
 
 
@@ -183,8 +183,9 @@ def test_service_workers_never_share_a_seed(sharded_records, data_service_addres
     """2 tf.data service workers, each counting its own examples: one pass yields every
     training example once, and no seed twice, in one pass or over two."""
     def stream(repeat):
-        dataset = pipeline.make_dataset(sharded_records, "train", 4, (32, 32), repeat=repeat,
-                                        with_ids=True, augment_on="device", on_service=True)
+        dataset = pipeline.training_dataset(
+            sharded_records, spec.InputSpec.for_records(sharded_records, (32, 32)), 4,
+            repeat=repeat, with_ids=True, augment_on="device", on_service=True)
         return service.distribute(dataset, data_service_address).unbatch()
     expected = sorted(e["id"] for e in records.read_split(sharded_records, "train"))
     one_pass = [(e["id"].numpy().decode(), tuple(e["seed"].numpy())) for e in stream(False)]
@@ -204,9 +205,9 @@ def test_local_workers_see_each_example_once_an_epoch(sharded_records):
     for worker in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
                                              num_replicas_in_sync=2)
-        dataset = pipeline.make_dataset(sharded_records, "train", per_replica, (32, 32),
-                                        seed=42, input_context=context,
-                                        with_ids=True, augment_on="device")
+        dataset = pipeline.training_dataset(
+            sharded_records, spec.InputSpec.for_records(sharded_records, (32, 32)), per_replica,
+            seed=42, input_context=context, with_ids=True, augment_on="device")
         seen += [(e["id"].numpy().decode(), tuple(e["seed"].numpy()))
                  for e in dataset.unbatch().take(steps * per_replica)]
     assert len(records.load_manifest(sharded_records)["splits"]["train"]["shards"]) == 3

@@ -54,8 +54,13 @@ def _first_epoch(records_dir):
     from segdata import augment, pipeline, records
     config = augment.AugmentConfig(hflip=True, rotation=10, zoom=0.1)
     count = records.load_manifest(records_dir)["splits"]["train"]["count"]
-    dataset = pipeline.make_dataset(records_dir, "train", FLAGS.batch_size,
-                                    (FLAGS.image_size, FLAGS.image_size), config)
+    size = (FLAGS.image_size, FLAGS.image_size)
+    if hasattr(pipeline, "training_dataset"):
+        from segdata import spec
+        dataset = pipeline.training_dataset(
+            records_dir, spec.InputSpec.for_records(records_dir, size), FLAGS.batch_size, config)
+    else:  # a checkout from before the input spec (--segflow_root)
+        dataset = pipeline.make_dataset(records_dir, "train", FLAGS.batch_size, size, config)
     start = time.perf_counter()
     for _ in dataset.take(count // FLAGS.batch_size):
         pass

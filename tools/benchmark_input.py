@@ -183,13 +183,14 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from segdata import augment, pipeline, records
+    from segdata import augment, pipeline, records, spec
     if FLAGS.intra_op_threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     size = (FLAGS.image_size, FLAGS.image_size)
-    make = lambda aug, on="host": pipeline.make_dataset(  # noqa: E731
-        FLAGS.data_dir, FLAGS.split, FLAGS.batch_size, size, augment.AugmentConfig(**aug),
-        channels=FLAGS.channels, augment_on=on)
+    input_spec = spec.InputSpec.for_records(FLAGS.data_dir, size, channels=FLAGS.channels)
+    make = lambda aug, on="host": pipeline.training_dataset(  # noqa: E731
+        FLAGS.data_dir, input_spec, FLAGS.batch_size, augment.AugmentConfig(**aug),
+        augment_on=on)
     cases = {
         "decode_limit": lambda: decode_limit(FLAGS.data_dir, FLAGS.split),
         "pipeline_light": lambda: make(LIGHT),

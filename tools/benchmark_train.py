@@ -143,10 +143,11 @@ def run_case(precision, source, jit, mode, image_size):
             rng.integers(0, 2, (batch,) + image_size + (1,)).astype("int32"))
         next_batch = lambda: (images, masks)  # noqa: E731
     else:
-        from segdata import augment, pipeline
-        dataset = pipeline.make_dataset(
-            FLAGS.data_dir, "train", batch, image_size,
-            augment.AugmentConfig(hflip=True), channels=FLAGS.channels)
+        from segdata import augment, pipeline, spec
+        input_spec = spec.InputSpec.for_records(FLAGS.data_dir, image_size,
+                                                channels=FLAGS.channels)
+        dataset = pipeline.training_dataset(FLAGS.data_dir, input_spec, batch,
+                                            augment.AugmentConfig(hflip=True))
         iterator = iter(dataset.map(lambda batch: (batch["image"], batch["mask"])))
         next_batch = lambda: next(iterator)  # noqa: E731
     if mode == "train":

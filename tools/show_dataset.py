@@ -32,11 +32,15 @@ def render(data_dir, split, num, size, config, policy, seed):
     """Returns the grid as a uint8 array (num rows x 3 panels)."""
     import numpy as np
 
-    from segdata import pipeline, records, visualize
+    from segdata import pipeline, records, spec, visualize
     manifest = records.load_manifest(data_dir)
     palette = visualize.default_palette(manifest["num_classes"])
-    dataset = pipeline.make_dataset(data_dir, split, 1, (size, size), config, seed=seed,
-                                    resize=policy, channels=3, repeat=split == "train")
+    input_spec = spec.InputSpec.for_records(data_dir, (size, size), policy, channels=3,
+                                            xla=config.xla)
+    if split == "train":
+        dataset = pipeline.training_dataset(data_dir, input_spec, 1, config, seed=seed)
+    else:
+        dataset = pipeline.evaluation_dataset(data_dir, split, input_spec, 1)
     rows = []
     for batch in dataset.take(num):
         image, mask = batch["image"][0].numpy(), batch["mask"][0].numpy()[..., 0]
