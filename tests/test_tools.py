@@ -317,6 +317,12 @@ def test_benchmark_input_json_with_child_rows(binary_records):
     rows in a child that really sees one CPU, and every row reports CPU time per image."""
     result = tool("benchmark_input.py", f"--data_dir={binary_records}", "--image_size=32",
                   "--batch_size=4", "--images=18", "--repeats=1", "--noclassic",
+                  "--rows=decode_limit,pipeline,pipeline_windows", "--nocores", "--json")
+    windows = json.loads(result.stdout.strip().splitlines()[-1])
+    assert windows["samples"]["pipeline_windows"][0] > 0  # --train_crop's windows
+    assert windows["pipeline_windows_vs_decode_limit"] > 0
+    result = tool("benchmark_input.py", f"--data_dir={binary_records}", "--image_size=32",
+                  "--batch_size=4", "--images=18", "--repeats=1", "--noclassic",
                   "--rows=decode_limit,pipeline", "--json")
     report = json.loads(result.stdout.strip().splitlines()[-1])
     samples = report["samples"]

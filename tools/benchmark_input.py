@@ -11,6 +11,8 @@ the classic baseline), all at --image_size (default 512x512):
   pipeline_no_xla   the same with --noaug_xla (the reference kernel, op by op)
   pipeline_elastic  pipeline + elastic deformation (10 px on a 3x3 grid) in the same kernel
   pipeline_device   host side of --augment_on=device (decode + resize; warps run on the GPU)
+  pipeline_windows  --train_crop windows of --image_size cut at native scale (random scale
+                    0.8-1.25, flips, rotation, elastic: recipes/membrane_crop.flags)
   classic_baseline  two Keras ImageDataGenerator.flow_from_directory iterators zipped with
                     one seed, same augmentations (needs `pip install --no-deps tf_keras`,
                     for this benchmark only)
@@ -71,6 +73,9 @@ FULL = dict(hflip=True, rotation=20, zoom=0.1, shear=5, shift=0.05, brightness=0
 LIGHT = dict(hflip=True, vflip=True, brightness=0.1, contrast=0.1)
 # the UNet paper's elastic deformation (10 px on a 3x3 grid) on top of FULL
 ELASTIC = dict(FULL, elastic_alpha=10.0, elastic_grid=3)
+# --train_crop windows of --image_size at native scale, the membrane crop recipe's augmentation
+WINDOWS = dict(hflip=True, vflip=True, rotation=20, elastic_alpha=8.0, elastic_grid=3,
+               fill_mode="reflect", scale=(0.8, 1.25))
 
 
 def _cpu_seconds():
@@ -188,7 +193,9 @@ def main(argv):
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     size = (FLAGS.image_size, FLAGS.image_size)
     input_spec = spec.InputSpec.for_records(FLAGS.data_dir, size, channels=FLAGS.channels)
-    make = lambda aug, on="host": pipeline.training_dataset(  # noqa: E731
+    window_spec = spec.InputSpec.for_records(FLAGS.data_dir, size, augment.SCALE, FLAGS.channels,
+                                             data_scale=1.0, train_crop=size)
+    make = lambda aug, on="host", input_spec=input_spec: pipeline.training_dataset(  # noqa
         FLAGS.data_dir, input_spec, FLAGS.batch_size, augment.AugmentConfig(**aug),
         augment_on=on)
     cases = {
@@ -199,6 +206,7 @@ def main(argv):
         "pipeline_no_xla": lambda: make(dict(FULL, xla=False)),
         "pipeline_elastic": lambda: make(ELASTIC),
         "pipeline_device": lambda: make(FULL, "device"),
+        "pipeline_windows": lambda: make(WINDOWS, input_spec=window_spec),
     }
     rows = {name: functools.partial(lambda b: _rate(b(), FLAGS.images), build)
             for name, build in cases.items() if not FLAGS.rows or name in FLAGS.rows}
