@@ -1,5 +1,6 @@
 """Native-resolution training (--train_crop): scaled windows, foreground centring, the
 whole-frame evaluation canvas, serving frames larger than it, antialiasing."""
+import csv
 import json
 import os
 
@@ -233,3 +234,26 @@ def test_frames_prepare_resized_are_served_through_the_same_resize(tmp_path):
         tf.constant(raw), serving.InputContract((32, 32), "pad", 1, 2))[0].numpy()
     error = lambda x: np.abs(x.astype(float) - as_trained).mean()  # noqa: E731
     assert error(served) < 4 and error(unaware) > 4 * error(served)
+
+
+@pytest.mark.parametrize("extra", [
+    ["--strategy=mirrored", "--logical_cpus=2", "--augment_on=device",
+     "--mixed_precision=mixed_bfloat16", "--aug_rotation=10"],
+    ["--data_service={address}", "--aug_rotation=10"],
+], ids=["2replicas-device-bf16", "data_service"])
+def test_windows_on_replicas_device_augmentation_and_the_data_service(
+        many_sizes_records, data_service_address, tmp_path, extra):
+    """The configurations users run: windows cut on the host (or a tf.data service worker),
+    augmented there or on the device, over 2 replicas; training learns and the whole-frame
+    evaluation covers every test pixel once."""
+    run_dir = tmp_path / "run"
+    flags = [flag.format(address=data_service_address) for flag in extra]
+    out = train(many_sizes_records, str(run_dir), *CROP, "--epochs=3", "--batch_norm", *flags,
+                base=TINY_WINDOWS).stdout
+    assert "train_crop=(32, 32)" in out
+    losses = [float(row["loss"]) for row in csv.DictReader(open(run_dir / "log.csv"))]
+    assert losses[-1] < losses[0]
+    manifest = records.load_manifest(many_sizes_records)
+    test_pixels = sum(e["mask"].size for e in records.read_split(many_sizes_records, "test"))
+    matrix = json.loads((run_dir / "metrics.json").read_text())["confusion_matrix"]
+    assert sum(map(sum, matrix)) == test_pixels and manifest["splits"]["test"]["count"] > 1

@@ -174,6 +174,10 @@ def test_show_dataset_grid(binary_records, tmp_path):
     assert picture.shape == (3 * 52 - 4, 3 * 52 - 4, 3)
     mask_panel = picture[:48, 52:100]
     assert len(np.unique(mask_panel.reshape(-1, 3), axis=0)) >= 2
+    # train.py's native-resolution windows: 32 px panels cut from the 64 px frames
+    tool("show_dataset.py", f"--data_dir={binary_records}", "--num=2", "--train_crop=32",
+         "--aug_scale=0.8,1.25", "--crop_foreground=1", f"--output={out}")
+    assert np.asarray(Image.open(out)).shape == (2 * 36 - 4, 3 * 36 - 4, 3)
 
 
 def test_slurm_script_golden():
