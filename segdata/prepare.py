@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from segdata import intensity, records, sources, validate
+from segdata import fingerprint, intensity, records, sources, validate
 
 
 class PrepareError(ValueError):
@@ -200,6 +200,10 @@ def prepare(config):
     options = {"mask_kind": mask_kind, "palette": palette,
                "num_classes": config.num_classes, "ignore_label": config.ignore_label,
                "resize": tuple(config.resize) if config.resize else None}
+    # the fingerprint's objects are measured on a seeded sample of pairs
+    ids = sorted(pair[0] for pair in pairs)
+    sample = np.random.default_rng(config.seed).permutation(len(ids))[:fingerprint.SAMPLE_FRAMES]
+    options["measure_objects"] = frozenset(ids[i] for i in sample)
 
     pairs_by_split = {s: [p for p in pairs if p[3] == s] for s in sources.SPLITS}
     shard_counts = _shard_counts(pairs_by_split, config)
@@ -214,11 +218,14 @@ def prepare(config):
                                 options, config)
         skipped = summary.pop("skipped")
         deep = summary.pop("intensity")
+        frame_stats, bits = summary.pop("frame_stats"), summary.pop("bits")
         if skipped and config.on_error == "fail":
             raise PrepareError("\n".join(entry["reason"] for entry in skipped))
         skipped += [{"file": line.split(": ")[0], "reason": line} for line in problems]
         manifest = _manifest(config, layout, summary, skipped)
         manifest["mask_kind"], manifest["mask_kind_reason"] = mask_kind, mask_note
+        manifest["fingerprint"] = fingerprint.summarise(
+            frame_stats, manifest["num_classes"], manifest["splits"], bits, manifest["channels"])
         if deep:
             manifest["intensity"] = deep
             if config.progress:
@@ -242,6 +249,7 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
     progress = _Progress(len(ordered), config.progress)
     frame_paths = {pair[0]: pair[1] for pair in ordered}
     depth = {"bits": None, "frame": None, "samples": []}  # one bit depth for the dataset
+    frame_stats = []
 
     def close(split):
         entry = state[split]
@@ -263,6 +271,7 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
                 "frames to the model); convert the odd frames to the others' depth")
         if result["intensity_sample"] is not None:
             depth["samples"].append(result["intensity_sample"])
+        frame_stats.append((result["height"], result["width"], result["statistics"]))
         split = result["split"]
         entry = state[split]
         total = len(pairs_by_split[split])
@@ -290,7 +299,8 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
         entry["max"] = size if entry["max"] is None else np.maximum(entry["max"], size).tolist()
 
     summary = {"skipped": skipped,
-               "intensity": intensity.decide(depth["samples"]) if depth["samples"] else None}
+               "intensity": intensity.decide(depth["samples"]) if depth["samples"] else None,
+               "frame_stats": frame_stats, "bits": depth["bits"] or 8}
     for split in sources.SPLITS:
         close(split)
         entry = state[split]

@@ -10,7 +10,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from segdata import intensity, png
+from segdata import fingerprint, intensity, png
 
 # Pillow refuses "decompression bombs" with a warning-as-error; real
 # segmentation frames can be large, so only absurd sizes are refused.
@@ -258,9 +258,12 @@ def check_pair(pair, options):
     else:
         mask_png = mask_data  # already a gray PNG of class indices: stored as it came
     height, width = (options["resize"] or (frame.size[1], frame.size[0]))
+    stats = fingerprint.frame_statistics(
+        None if bits > 8 else _gray_or_rgb(frame), mask, counts, options["ignore_label"],
+        example_id in options.get("measure_objects", ()))
     return {
         "id": example_id, "split": split, "image_bytes": image_bytes, "format": image_format,
         "height": height, "width": width, "channels": channels,
         "mask_png": mask_png, "counts": counts, "bits": bits, "intensity_sample": values,
-        "frame": frame_path,
+        "frame": frame_path, "statistics": stats,
     }

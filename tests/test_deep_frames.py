@@ -49,6 +49,7 @@ def test_prepare_keeps_the_depth_and_decides_the_rule_from_all_frames(deep_recor
     assert abs(rule["low"] - np.percentile(every, 0.5)) <= 3 * 16
     assert abs(rule["high"] - np.percentile(every, 99.5)) <= 3 * 16
     assert rule["high"] < 5000
+    assert records.load_manifest(out)["fingerprint"]["bits"] == 16
     # the records hold the 16-bit values; the pipeline's model input follows the rule
     batch = next(iter(pipeline.evaluation_dataset(
         out, "val", spec.InputSpec.for_records(out, (32, 32)), 100, with_ids=True)))

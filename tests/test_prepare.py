@@ -269,3 +269,40 @@ def test_mask_png_encoder_round_trips_through_pillow_and_tf(shape):
     assert png.encode_gray(array) == data
     with pytest.raises(ValueError, match="2-D uint8"):
         png.encode_gray(array.astype(np.int32))
+
+
+def test_fingerprint_of_a_set_with_known_statistics(tmp_path):
+    """6 pairs in 3 sizes; class 1 a 10x10 square in frames 0-3, class 2 two 3x3 squares
+    in frames 0-1; random 8-bit frames. The manifest's fingerprint against numpy."""
+    sizes = [(20, 30), (20, 30), (24, 24), (24, 24), (24, 24), (40, 16)]
+    rng = np.random.default_rng(7)
+    os.makedirs(tmp_path / "d" / "frames")
+    os.makedirs(tmp_path / "d" / "masks")
+    frames, masks = [], []
+    for index, (h, w) in enumerate(sizes):
+        frame = rng.integers(20, 230, (h, w), dtype=np.uint8)
+        mask = np.zeros((h, w), np.uint8)
+        if index < 4:
+            mask[1:11, 1:11] = 1
+        if index < 2:
+            mask[14:17, 2:5] = 2
+            mask[14:17, 10:13] = 2
+        Image.fromarray(frame).save(tmp_path / "d" / "frames" / f"frame_{index:03d}.png")
+        Image.fromarray(mask).save(tmp_path / "d" / "masks" / f"mask_{index:03d}.png")
+        frames.append(frame)
+        masks.append(mask)
+    manifest = prepare.prepare(prepare.PrepareConfig(
+        input=str(tmp_path / "d"), output=str(tmp_path / "r"), progress=False, workers=1,
+        mask_kind="index"))
+    fp = manifest["fingerprint"]
+    assert fp["frames"] == 6 and fp["distinct_sizes"] == 3 and fp["bits"] == 8
+    assert sorted(map(tuple, fp["sizes"])) == [(20, 30, 2), (24, 24, 3), (40, 16, 1)]
+    assert fp["frames_with_class"] == [6, 4, 2]
+    assert fp["median_object_area"][1:] == [100.0, 9.0]
+    pixels = np.bincount(np.concatenate([m.ravel() for m in masks]), minlength=3)
+    np.testing.assert_allclose(fp["class_frequency"], pixels / pixels.sum(), atol=1e-6)
+    values = np.concatenate([f.ravel() for f in frames]).astype(np.float64)
+    assert fp["intensity"]["mean"] == pytest.approx(values.mean(), abs=1e-3)
+    assert fp["intensity"]["std"] == pytest.approx(values.std(), abs=1e-3)
+    assert abs(fp["intensity"]["p0_5"] - np.percentile(values, 0.5)) <= 1
+    assert abs(fp["intensity"]["p99_5"] - np.percentile(values, 99.5)) <= 1
