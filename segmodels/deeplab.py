@@ -19,6 +19,8 @@ Where it differs from the paper, and why:
   the branch carries nothing while training. It is a biased 1x1 convolution + ReLU instead.
 - ASPP and decoder convolutions are plain, not the depthwise-separable ones of the paper's
   Xception variant.
+- Built for any input size (train.py --train_crop), the image-pooling map is repeated by a
+  broadcast (RepeatOverGrid); at a fixed size (every export) by UpSampling2D, as before.
 - keras-hub's DeepLabV3Plus runs its ASPP on stride-32 features (its ResNet has no dilation)
   with the same rates, which there span twice the image distance; here they are the
   paper's rates at the paper's stride.
@@ -38,14 +40,31 @@ def _conv_bn_relu(x, filters, kernel, name, dilation=1):
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
+@keras.saving.register_keras_serializable(package="segflow")
+class RepeatOverGrid(keras.layers.Layer):
+    """A (B, 1, 1, C) map repeated over the grid of another tensor of any size: the
+    image-pooling branch of a model whose input size is not fixed (train.py --train_crop)."""
+
+    def call(self, pooled, grid):
+        shape = keras.ops.shape(grid)
+        return keras.ops.broadcast_to(pooled, (shape[0], shape[1], shape[2], pooled.shape[-1]))
+
+    def compute_output_shape(self, pooled_shape, grid_shape):
+        return tuple(grid_shape[:3]) + (pooled_shape[-1],)
+
+
 def _aspp(x, filters):
     branches = [_conv_bn_relu(x, filters, 1, "aspp_1x1")]
     branches += [_conv_bn_relu(x, filters, 3, f"aspp_rate{rate}", rate) for rate in ASPP_RATES]
     pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(x)
     pooled = keras.layers.Conv2D(filters, 1, activation="relu", kernel_initializer="he_normal",
                                  name="aspp_pool_conv")(pooled)
-    # a 1x1 map repeated over the stride-16 grid (what bilinear resizing of one pixel gives)
-    pooled = keras.layers.UpSampling2D(tuple(x.shape[1:3]), name="aspp_pool_upsample")(pooled)
+    # a 1x1 map repeated over the stride-16 grid (what bilinear resizing of one pixel gives);
+    # a fixed size keeps the plain UpSampling2D that every export format knows
+    if None in x.shape[1:3]:
+        pooled = RepeatOverGrid(name="aspp_pool_upsample")(pooled, x)
+    else:
+        pooled = keras.layers.UpSampling2D(tuple(x.shape[1:3]), name="aspp_pool_upsample")(pooled)
     x = keras.layers.Concatenate(name="aspp_concat")(branches + [pooled])
     return _conv_bn_relu(x, filters, 1, "aspp_project")
 
@@ -56,10 +75,6 @@ def build_deeplabv3plus(input_shape, num_classes, encoder="none", encoder_weight
     if encoder == "none":
         raise ValueError(f"--model=deeplabv3plus needs an --encoder: one of "
                          f"{', '.join(sorted(encoders.ENCODERS))}")
-    if None in input_shape[:2]:
-        # the image-pooling branch repeats its 1x1 map over a grid of static size
-        raise ValueError("deeplabv3plus needs a fixed input size: --train_crop (any frame "
-                         "size) is for --model=unet and the fcn models")
     layers.check_input_size(input_shape, 16, f"deeplabv3plus with --encoder={encoder}")
     inputs, (low_level, x) = encoders.encoder_features(encoder, input_shape, encoder_weights,
                                                        strides=(4, 16))

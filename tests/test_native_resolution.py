@@ -171,29 +171,36 @@ def many_sizes_records(tmp_path_factory):
                         num_classes=3)
 
 
-def test_crop_training_scores_are_what_the_export_gives(many_sizes_records, tmp_path):
+@pytest.mark.parametrize("model, multiple, checks", [
+    (["--model=unet"], 4, [("model.keras", []), ("export", []),
+                           ("model.keras", ["--original_size"])]),
+    (["--model=deeplabv3plus", "--encoder=mobilenetv2", "--aspp_filters=8"], 16,
+     [("model.keras", [])]),
+], ids=["unet", "deeplabv3plus"])
+def test_crop_training_scores_are_what_the_export_gives(many_sizes_records, tmp_path, model,
+                                                        multiple, checks):
     """Validation and test run on whole frames of 12 sizes on one canvas; the test split's
     confusion matrix in metrics.json equals tools/evaluate.py's with the exported
     model.keras and SavedModel, at the model's resolution and mapped back to the frames."""
     run_dir = str(tmp_path / "run")
-    out = train(many_sizes_records, run_dir, *CROP, base=TINY_WINDOWS).stdout
+    out = train(many_sizes_records, run_dir, *CROP, *model, base=TINY_WINDOWS).stdout
     splits = records.load_manifest(many_sizes_records)["splits"]
     largest = np.max([splits[s]["max_size"] for s in ("val", "test")], axis=0)
     assert len({tuple(s) for s in (splits["val"]["min_size"], largest)}) == 2  # sizes vary
-    canvas = tuple(int(-(-side // 4) * 4) for side in largest)  # depth 2: multiples of 4
+    canvas = tuple(int(-(-side // multiple) * multiple) for side in largest)
     assert f"eval_canvas={canvas}" in out
     contract = serving.InputContract.load(run_dir)
     assert contract.resize == augment.SCALE and contract.train_crop == (32, 32)
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         expected = json.load(handle)["confusion_matrix"]
     assert sum(map(sum, expected)) > 0
-    for model, extra in (("model.keras", []), ("export", []), ("model.keras", ["--original_size"])):
-        result_path = str(tmp_path / f"eval_{model}_{len(extra)}.json")
-        tool("evaluate.py", f"--model={os.path.join(run_dir, model)}",
+    for exported, extra in checks:
+        result_path = str(tmp_path / f"eval_{exported}_{len(extra)}.json")
+        tool("evaluate.py", f"--model={os.path.join(run_dir, exported)}",
              f"--data_dir={many_sizes_records}", "--split=test", f"--output={result_path}",
              *extra)
         with open(result_path) as handle:
-            assert json.load(handle)["confusion_matrix"] == expected, (model, extra)
+            assert json.load(handle)["confusion_matrix"] == expected, (exported, extra)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -201,8 +208,8 @@ def test_crop_training_scores_are_what_the_export_gives(many_sizes_records, tmp_
     (["--train_crop=32", "--image_size=32"], "--image_size and --train_crop"),
     (["--train_crop=30"], "--train_crop=30: --model=unet needs sides that are multiples of 4"),
     (["--train_crop=32", "--aug_scale=2,1"], "--aug_scale=2,1: expected MIN,MAX with 0 < MIN"),
-    (["--train_crop=32", "--model=deeplabv3plus", "--encoder=mobilenetv2"],
-     "deeplabv3plus needs a fixed input size"),
+    (["--train_crop=40", "--model=deeplabv3plus", "--encoder=mobilenetv2"],
+     "--train_crop=40: --model=deeplabv3plus needs sides that are multiples of 16"),
 ])
 def test_bad_crop_flags_get_one_line_and_write_nothing(binary_records, tmp_path, flags,
                                                        message):
