@@ -6,18 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/small_objects}
-python3.11 - "$out" <<'PY'
-import os, sys
-sys.path.insert(0, ".")
-from segdata import prepare, records, synthetic
-out = sys.argv[1]
-if not os.path.isfile(os.path.join(out, "records", records.MANIFEST_NAME)):
-    # objects 8-16 px on 128 px frames, 3-8 a frame, 3 classes + background
-    files = synthetic.generate(os.path.join(out, "files"), count=200, size=(128, 128),
-                               num_classes=4, seed=3, object_size=(1 / 16, 1 / 8), objects=(3, 8))
-    prepare.prepare(prepare.PrepareConfig(input=files, output=os.path.join(out, "records"),
-                                          overwrite=True, progress=False))
-PY
+# objects 8-16 px on 128 px frames, 3-8 a frame, 3 classes + background
+python3.11 tools/synthetic_records.py --output="$out" --count=200 --size=128 --num_classes=4 \
+  --seed=3 --object_size=0.0625,0.125 --objects=3,8
 grep -m1 "model name" /proc/cpuinfo; grep -m2 -E "cpu family|^model\s" /proc/cpuinfo | tr '\n' ' '; echo
 # 400 steps x batch 8 x 128^2 = 5.2e7 training pixels for every model
 common=(--data_dir="$out/records" --image_size=128 --batch_size=8 --steps_per_epoch=50 --epochs=8

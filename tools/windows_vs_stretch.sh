@@ -8,19 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/windows_vs_stretch}
-python3.11 - "$out" <<'PY'
-import os, sys
-sys.path.insert(0, ".")
-from segdata import prepare, records, synthetic
-out = sys.argv[1]
-if not os.path.isfile(os.path.join(out, "records", records.MANIFEST_NAME)):
-    # objects 6-12 px on 256 px frames, 2-6 a frame: ~1% of the pixels each class
-    files = synthetic.generate(os.path.join(out, "files"), count=200, size=(256, 256),
-                               num_classes=4, seed=5, object_size=(6 / 256, 12 / 256),
-                               objects=(2, 6))
-    prepare.prepare(prepare.PrepareConfig(input=files, output=os.path.join(out, "records"),
-                                          overwrite=True, progress=False))
-PY
+# objects 6-12 px on 256 px frames, 2-6 a frame: ~1% of the pixels each class
+python3.11 tools/synthetic_records.py --output="$out" --count=200 --size=256 --num_classes=4 \
+  --seed=5 --object_size=0.0234375,0.046875 --objects=2,6
 grep -m1 "model name" /proc/cpuinfo; grep -m2 -E "cpu family|^model\s" /proc/cpuinfo | tr '\n' ' '; echo
 common=(--data_dir="$out/records" --base_filters=16 --batch_norm --steps_per_epoch=50 --epochs=8
         --learning_rate=1e-3 --loss=dice_ce --monitor=val_mean_iou --patience=100 --dropout=0
