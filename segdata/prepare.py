@@ -6,6 +6,7 @@ processes) -> stream into shards inside a temp folder -> manifest -> rename.
 Nothing appears at the output path until everything succeeded.
 """
 
+import collections
 import dataclasses
 import functools
 import glob
@@ -128,6 +129,14 @@ def _check_all(pairs, options, workers):
         yield from pool.imap(check, pairs, chunksize=chunksize)
 
 
+def _decide_bit_depth(pairs):
+    """The dataset's bit depth: most frames' (from their headers; 8 on a tie), so the odd
+    frames are the ones named."""
+    counts = collections.Counter(validate.frame_bits(pair[1]) for pair in pairs)
+    counts.pop(None, None)
+    return 16 if counts[16] > counts[8] else 8
+
+
 def _decide_mask_kind(config, pairs, palette):
     """(kind, why): --mask_kind unless auto; auto is decided once from every mask's values,
     never per file (a per-file guess turned a class-index set's background+ignore masks
@@ -197,6 +206,7 @@ def prepare(config):
     except (OSError, ValueError) as err:
         raise PrepareError(f"--palette={config.palette}: {err}")
     mask_kind, mask_note = _decide_mask_kind(config, pairs, palette)
+    bits = _decide_bit_depth(pairs)
     options = {"mask_kind": mask_kind, "palette": palette,
                "num_classes": config.num_classes, "ignore_label": config.ignore_label,
                "resize": tuple(config.resize) if config.resize else None}
@@ -215,7 +225,7 @@ def prepare(config):
     os.makedirs(temp)
     try:
         summary = _write_shards(temp, ordered, position, pairs_by_split, shard_counts,
-                                options, config)
+                                options, config, bits)
         skipped = summary.pop("skipped")
         deep = summary.pop("intensity")
         frame_stats, bits = summary.pop("frame_stats"), summary.pop("bits")
@@ -239,7 +249,7 @@ def prepare(config):
     return manifest
 
 
-def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options, config):
+def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options, config, bits):
     import tensorflow as tf  # imported here so validation workers never fork a TF runtime
 
     writer_options = tf.io.TFRecordOptions(compression_type=config.compression or None)
@@ -248,7 +258,7 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
     skipped = []
     progress = _Progress(len(ordered), config.progress)
     frame_paths = {pair[0]: pair[1] for pair in ordered}
-    depth = {"bits": None, "frame": None, "samples": []}  # one bit depth for the dataset
+    deep_samples = []
     frame_stats = []
 
     def close(split):
@@ -262,15 +272,15 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
         if "error" in result:
             skipped.append({"id": result["id"], "reason": result["error"]})
             continue
-        if depth["bits"] is None:
-            depth["bits"], depth["frame"] = result["bits"], result["frame"]
-        elif result["bits"] != depth["bits"]:
-            raise PrepareError(
-                f"{result['frame']} is {result['bits']}-bit but {depth['frame']} is "
-                f"{depth['bits']}-bit: one dataset needs one bit depth (one rule maps its "
-                "frames to the model); convert the odd frames to the others' depth")
+        if result["bits"] != bits:
+            # a bad pair like any other, listed with the rest
+            skipped.append({"id": result["id"], "reason": (
+                f"{result['frame']}: {result['bits']}-bit, but most frames are {bits}-bit: "
+                "one dataset needs one bit depth (one rule maps its frames to the model); "
+                "convert the odd frames to the others' depth")})
+            continue
         if result["intensity_sample"] is not None:
-            depth["samples"].append(result["intensity_sample"])
+            deep_samples.append(result["intensity_sample"])
         frame_stats.append((result["height"], result["width"], result["statistics"]))
         split = result["split"]
         entry = state[split]
@@ -299,8 +309,8 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
         entry["max"] = size if entry["max"] is None else np.maximum(entry["max"], size).tolist()
 
     summary = {"skipped": skipped,
-               "intensity": intensity.decide(depth["samples"]) if depth["samples"] else None,
-               "frame_stats": frame_stats, "bits": depth["bits"] or 8}
+               "intensity": intensity.decide(deep_samples) if deep_samples else None,
+               "frame_stats": frame_stats, "bits": bits}
     for split in sources.SPLITS:
         close(split)
         entry = state[split]

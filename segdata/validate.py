@@ -170,6 +170,16 @@ def mask_to_indices(image, mask_kind, palette):
     return array, counts, changed
 
 
+def frame_bits(path):
+    """16 for a 16-bit (or 32-bit integer) grey frame, 8 for others, from the header only;
+    None for a file the full check will report."""
+    try:
+        with Image.open(path) as image:
+            return 16 if image.mode in DEEP_MODES else 8
+    except Exception:  # noqa: BLE001  check_pair names the file and the problem
+        return None
+
+
 def mask_values(path):
     """The set of values in a gray (or gray-as-RGB) mask file; "palette" for a palette PNG
     (its values are class indices whatever they are); None for a file the full check will

@@ -183,7 +183,7 @@ class Trainer:
         """Loss and scores over a split, every example once, on every replica.
 
         `dataset`: a distributed dataset whose replicas all get the same number of
-        batches (pipeline.make_dataset(..., pad_batches=True)); padding has an all-ignore
+        batches (pipeline.evaluation_dataset(..., pad_batches=True)); padding has an all-ignore
         mask, so it adds nothing. The loss is the split's: computed from the loss's sums
         (e.g. Dice's per-class intersections) over every batch of every replica, like the
         scores from the one summed confusion matrix, so neither depends on the batch size

@@ -171,30 +171,39 @@ def many_sizes_records(tmp_path_factory):
                         num_classes=3)
 
 
-@pytest.mark.parametrize("model, multiple, checks", [
-    (["--model=unet"], 4, [("model.keras", []), ("export", []),
-                           ("model.keras", ["--original_size"])]),
-    (["--model=deeplabv3plus", "--encoder=mobilenetv2", "--aspp_filters=8"], 16,
-     [("model.keras", [])]),
-], ids=["unet", "deeplabv3plus"])
-def test_crop_training_scores_are_what_the_export_gives(many_sizes_records, tmp_path, model,
-                                                        multiple, checks):
+def test_deeplab_for_any_size_computes_what_the_fixed_size_export_computes():
+    """--train_crop builds DeepLabV3+ for any input size (its image pooling repeated by a
+    broadcast), and exports it at the canvas (UpSampling2D): the same weights give the
+    same logits, and the any-size model takes other sizes too."""
+    import segmodels
+    options = dict(encoder="mobilenetv2", aspp_filters=8)
+    anysize = segmodels.build_model("deeplabv3plus", (None, None, 1), 3, **options)
+    fixed = segmodels.build_model("deeplabv3plus", (64, 96, 1), 3, **options)
+    fixed.set_weights(anysize.get_weights())
+    images = np.random.default_rng(3).integers(0, 255, (2, 64, 96, 1)).astype("uint8")
+    np.testing.assert_allclose(np.asarray(anysize(images)), np.asarray(fixed(images)),
+                               atol=1e-5)
+    assert anysize(images[:, :32, :48]).shape == (2, 32, 48, 3)
+
+
+def test_crop_training_scores_are_what_the_export_gives(many_sizes_records, tmp_path):
     """Validation and test run on whole frames of 12 sizes on one canvas; the test split's
     confusion matrix in metrics.json equals tools/evaluate.py's with the exported
     model.keras and SavedModel, at the model's resolution and mapped back to the frames."""
     run_dir = str(tmp_path / "run")
-    out = train(many_sizes_records, run_dir, *CROP, *model, base=TINY_WINDOWS).stdout
+    out = train(many_sizes_records, run_dir, *CROP, base=TINY_WINDOWS).stdout
     splits = records.load_manifest(many_sizes_records)["splits"]
     largest = np.max([splits[s]["max_size"] for s in ("val", "test")], axis=0)
     assert len({tuple(s) for s in (splits["val"]["min_size"], largest)}) == 2  # sizes vary
-    canvas = tuple(int(-(-side // multiple) * multiple) for side in largest)
+    canvas = tuple(int(-(-side // 4) * 4) for side in largest)  # depth 2: multiples of 4
     assert f"eval_canvas={canvas}" in out
     contract = serving.InputContract.load(run_dir)
     assert contract.resize == augment.SCALE and contract.train_crop == (32, 32)
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         expected = json.load(handle)["confusion_matrix"]
     assert sum(map(sum, expected)) > 0
-    for exported, extra in checks:
+    for exported, extra in (("model.keras", []), ("export", []),
+                            ("model.keras", ["--original_size"])):
         result_path = str(tmp_path / f"eval_{exported}_{len(extra)}.json")
         tool("evaluate.py", f"--model={os.path.join(run_dir, exported)}",
              f"--data_dir={many_sizes_records}", "--split=test", f"--output={result_path}",

@@ -25,7 +25,8 @@ def _numpy_scores(model, examples, size):
     import tensorflow as tf
     cm = np.zeros((2, 2))
     for example in examples:
-        image = tf.image.resize(example["image"], size)  # 64 -> 32 stretch, as the pipeline
+        # 64 -> 32 stretch, as the pipeline: a 2x shrink, antialiased
+        image = tf.image.resize(example["image"], size, antialias=True)
         image = np.clip(np.round(image.numpy()), 0, 255).astype("uint8")
         mask = tf.image.resize(example["mask"], size, method="nearest").numpy()[..., 0]
         pred = (np.asarray(model(image[None]))[0, ..., 0] > 0).astype(int)
@@ -241,11 +242,12 @@ def test_slurm_cluster_resolver_from_fake_environment(monkeypatch):
 
 
 def test_sweep_runs_grid_and_skips_finished(binary_records, tmp_path):
-    """A learning run and a frozen one (learning rate 0: its CE over whole passes of the
-    unaugmented split cannot move), which the sweep marks collapsed."""
+    """A learning run and a frozen one (learning rate 0: its loss over whole passes of the
+    unaugmented split cannot move), which the sweep marks collapsed. Frames at their own
+    64 px: shrunk to 32 (antialiased), CE at 0.03 learned or collapsed by the seed."""
     sweep_dir = tmp_path / "sweep"
     args = ["--sweep_dir=" + str(sweep_dir), "--grid=learning_rate=0.03,0.0", "--parallel=2", "--",
-            f"--data_dir={binary_records}", "--image_size=32", "--base_filters=8", "--depth=2",
+            f"--data_dir={binary_records}", "--image_size=64", "--base_filters=8", "--depth=2",
             "--batch_size=4", "--epochs=3", "--steps_per_epoch=21", "--patience=5",
             "--export=false", "--loss=ce", "--mixed_precision=float32", "--noaug_hflip",
             "--dropout=0"]
