@@ -302,8 +302,6 @@ def _input_spec(data_dir, manifest, model_options, channels):
     if crop[0] % multiple or crop[1] % multiple:
         raise ValueError(f"--train_crop={FLAGS.train_crop}: --model={FLAGS.model} needs sides "
                          f"that are multiples of {multiple}")
-    if not FLAGS.data_scale > 0:
-        raise ValueError(f"--data_scale={FLAGS.data_scale}: must be > 0 (1 = native)")
     frames = [manifest["splits"][split]["max_size"] for split in ("val", "test")
               if manifest["splits"][split]["count"]]
     canvas = tuple(-(-math.ceil(max(size[axis] for size in frames) * FLAGS.data_scale - 1e-6)

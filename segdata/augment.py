@@ -230,6 +230,14 @@ def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False
     return _translate(ox - 0.5, oy - 0.5) @ _scale(sx, sy) @ _translate(0.5, 0.5)
 
 
+def after_prepared_resize(matrix, in_size, prepared_size):
+    """`matrix` (output -> a frame of `prepared_size`) preceded by the stretch of an
+    `in_size` raw frame to that size (prepare --resize), as one matrix; None: `matrix`."""
+    if prepared_size is None:
+        return matrix
+    return resize_matrix(in_size, prepared_size) @ matrix
+
+
 def _flips(seed, config):
     return (_uniform(seed, 1, 0, 1) < 0.5 if config.hflip else None,
             _uniform(seed, 2, 0, 1) < 0.5 if config.vflip else None)
@@ -412,9 +420,9 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     in_size = tf.shape(image)[:2]
     d = draw(seed, config, prepared_size or in_size, out_size, image.shape[-1], policy, training,
              data_scale, mask, ignore_label)
-    if prepared_size is not None and d.matrix is not None:
+    if d.matrix is not None:
         # (a plain stretch of a stretch is one stretch: nothing to fold in then)
-        d = d._replace(matrix=resize_matrix(in_size, prepared_size) @ d.matrix)
+        d = d._replace(matrix=after_prepared_resize(d.matrix, in_size, prepared_size))
     if d.gain is not None:
         # contrast centres on the frame's mean: a warp's fill pixels do not pull it down
         d = d._replace(centre=kernels.frame_mean(image[None])[0])

@@ -67,11 +67,14 @@ def training_dataset(records_dir, spec, batch_size, augment_config=None, seed=0,
     `seed`, so no two workers give an example the same seed (the service's order is not
     reproducible anyway).
     """
-    return _build(records_dir, "train", spec, batch_size, augment_config or
-                  augment.AugmentConfig(xla=spec.xla), True, shuffle, repeat, seed,
-                  input_context, augment_on, start_index,
-                  spec.ignore_label if mask_fill is None else mask_fill, cache, skip_corrupt,
-                  on_service, with_ids, False, shuffle_buffer, deterministic)
+    return _build(
+        records_dir, "train", spec, batch_size,
+        augment_config=augment_config or augment.AugmentConfig(xla=spec.xla), training=True,
+        shuffle=shuffle, repeat=repeat, seed=seed, input_context=input_context,
+        augment_on=augment_on, start_index=start_index,
+        mask_fill=spec.ignore_label if mask_fill is None else mask_fill, cache=cache,
+        skip_corrupt=skip_corrupt, on_service=on_service, with_ids=with_ids,
+        pad_batches=False, shuffle_buffer=shuffle_buffer, deterministic=deterministic)
 
 
 def evaluation_dataset(records_dir, split, spec, batch_size, input_context=None,
@@ -85,12 +88,15 @@ def evaluation_dataset(records_dir, split, spec, batch_size, input_context=None,
     batches per replica, so every replica runs the same number of steps (a collective never
     waits for a replica that ran out) and every example still counts exactly once.
     """
-    return _build(records_dir, split, spec, batch_size, augment.AugmentConfig(xla=spec.xla),
-                  False, False, False, 0, input_context, "host", 0, spec.ignore_label, cache,
-                  skip_corrupt, False, with_ids, pad_batches, 0, deterministic)
+    return _build(
+        records_dir, split, spec, batch_size, augment_config=augment.AugmentConfig(xla=spec.xla),
+        training=False, shuffle=False, repeat=False, seed=0, input_context=input_context,
+        augment_on="host", start_index=0, mask_fill=spec.ignore_label, cache=cache,
+        skip_corrupt=skip_corrupt, on_service=False, with_ids=with_ids,
+        pad_batches=pad_batches, shuffle_buffer=0, deterministic=deterministic)
 
 
-def _build(records_dir, split, spec, batch_size, augment_config, training, shuffle, repeat,
+def _build(records_dir, split, spec, batch_size, *, augment_config, training, shuffle, repeat,
            seed, input_context, augment_on, start_index, mask_fill, cache, skip_corrupt,
            on_service, with_ids, pad_batches, shuffle_buffer, deterministic):
     out_size = spec.training_size if training else spec.image_size

@@ -69,10 +69,10 @@ def to_model_input(image, contract, mask=None):
     config = augment.AugmentConfig(xla=False)
     image = _to_channels(model_pixels(image, contract), contract.channels)
     prepared = contract.prepared_size
-    matrix = augment.resize_matrix(prepared or tf.shape(image)[:2], size, contract.resize,
-                                   training=False, data_scale=contract.data_scale)
-    if prepared:
-        matrix = augment.resize_matrix(tf.shape(image)[:2], prepared) @ matrix
+    matrix = augment.after_prepared_resize(
+        augment.resize_matrix(prepared or tf.shape(image)[:2], size, contract.resize,
+                              training=False, data_scale=contract.data_scale),
+        tf.shape(image)[:2], prepared)
     dummy = mask if mask is not None else tf.zeros_like(image[..., :1])
     model_input, resized_mask = augment.augment_example(
         image, dummy, tf.constant([0, 0], tf.int64), size, config, contract.resize,

@@ -46,10 +46,10 @@ def model_options(name, values):
 def size_multiple(name, options):
     """What each side of the model's input must be a multiple of (its total stride)."""
     if name == "deeplabv3plus":
-        return 16
+        return deeplab.SIZE_MULTIPLE
     if name == "unet" and options.get("encoder", "none") == "none":
-        return 2 ** options.get("depth", 4)
-    return 32
+        return 2 ** options.get("depth", 4)  # the classic UNet's own check: unet.build_unet
+    return encoders.SIZE_MULTIPLE if name == "unet" else fcn.SIZE_MULTIPLE
 
 
 def build_model(name, input_shape, num_classes, **options):

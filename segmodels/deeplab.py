@@ -31,6 +31,7 @@ from segmodels import encoders, layers
 
 ASPP_RATES = (6, 12, 18)
 LOW_LEVEL_FILTERS = 48  # the paper's projection of the stride-4 features
+SIZE_MULTIPLE = 16  # input sides: the encoder is cut at stride 16
 
 
 def _conv_bn_relu(x, filters, kernel, name, dilation=1):
@@ -75,7 +76,7 @@ def build_deeplabv3plus(input_shape, num_classes, encoder="none", encoder_weight
     if encoder == "none":
         raise ValueError(f"--model=deeplabv3plus needs an --encoder: one of "
                          f"{', '.join(sorted(encoders.ENCODERS))}")
-    layers.check_input_size(input_shape, 16, f"deeplabv3plus with --encoder={encoder}")
+    layers.check_input_size(input_shape, SIZE_MULTIPLE, f"deeplabv3plus with --encoder={encoder}")
     inputs, (low_level, x) = encoders.encoder_features(encoder, input_shape, encoder_weights,
                                                        strides=(4, 16))
     x = _aspp(x, aspp_filters)

@@ -122,6 +122,7 @@ def efficientnet_file_affine(encoder):
 
 
 STRIDES = (2, 4, 8, 16, 32)
+SIZE_MULTIPLE = STRIDES[-1]  # the encoder UNet's input sides
 
 
 def build_encoder(name, input_shape, weights=None, strides=STRIDES):
@@ -152,7 +153,7 @@ def encoder_features(name, input_shape, weights=None, strides=STRIDES):
 
 def build_encoder_unet(input_shape, num_classes, encoder, encoder_weights=None,
                        base_filters=16, batch_norm=True):
-    layers.check_input_size(input_shape, 32, f"unet with --encoder={encoder}")
+    layers.check_input_size(input_shape, SIZE_MULTIPLE, f"unet with --encoder={encoder}")
     inputs, (*skips, x) = encoder_features(encoder, input_shape, encoder_weights)
     for level in reversed(range(5)):
         x = keras.layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_upsample")(x)

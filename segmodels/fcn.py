@@ -12,6 +12,7 @@ import keras
 from segmodels import layers
 
 VGG_BLOCKS = ((2, 1), (2, 2), (3, 4), (3, 8), (3, 8))  # (convs, width multiple of base)
+SIZE_MULTIPLE = 32  # input sides: five 2x poolings
 # ImageNet VGG16 expects mean-subtracted 0..255 pixels (the "caffe" preprocessing).
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 
@@ -59,7 +60,7 @@ def _up(x, num_classes, factor, name):
 
 def build_fcn(input_shape, num_classes, variant="8s", width=64, fc_filters=4096, dropout=0.5,
               backbone_weights=None):
-    layers.check_input_size(input_shape, 32, f"fcn{variant}")
+    layers.check_input_size(input_shape, SIZE_MULTIPLE, f"fcn{variant}")
     if backbone_weights:
         if width != 64 or input_shape[-1] != 3:
             raise ValueError("--backbone_weights needs width=64 and 3-channel input")
