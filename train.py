@@ -11,7 +11,9 @@ import functools
 import math
 import os
 import sys
+import time
 
+STARTED = time.time()  # a minutes --budget counts start-up
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
@@ -21,7 +23,7 @@ from segtrain import startup  # noqa: E402
 
 startup.quiet_tensorflow_import()  # before segmodels: Keras imports TensorFlow
 import segmodels  # noqa: E402  (registries and choices below become flag enums)
-from segtrain import cli, distribute, optim  # noqa: E402
+from segtrain import cli, distribute, optim, plan as planning  # noqa: E402
 
 FLAGS = flags.FLAGS
 # runs/ and .cache/ go here: the clone, or the current directory for the installed
@@ -31,6 +33,13 @@ ROOT = os.environ.get("SEGFLOW_HOME") or os.path.dirname(os.path.abspath(__file_
 # Names scripts and job files depend on: keep them exactly.
 flags.DEFINE_string("data_dir", None, "Records folder from tools/prepare_dataset.py. Unset: the "
                     "built-in synthetic dataset (generated once into .cache/) with CPU-sized defaults.")
+flags.DEFINE_enum("plan", "auto", ["auto", "none"], "auto (with --data_dir): every flag you "
+                  "do not give is set from the dataset's fingerprint, this machine and "
+                  "--budget, with its reason in RUN/plan.json; flags you give win. none: "
+                  "the flags' own defaults.")
+flags.DEFINE_string("budget", "", "Training work for --plan=auto: '2000steps', '10min' (wall "
+                    f"time on this machine, start-up included) or '50epochs'. Default "
+                    f"{planning.DEFAULT_BUDGET}.")
 flags.DEFINE_string("model_dir", None, "Run folder: checkpoints, logs, metrics.json, exports. "
                     "Default runs/<model>; the same folder resumes.")
 flags.DEFINE_enum("model", "unet", sorted(segmodels.MODELS), "Model (segmodels.MODELS).")
@@ -217,6 +226,53 @@ def _apply_encoder_defaults():
              "resolution, 256 channels at stride 16; the classic UNet's 64 would make it 1024)")
 
 
+def _given_flags():
+    return {name: FLAGS[name].value for name in FLAGS if FLAGS[name].present}
+
+
+def _apply_plan_values(values):
+    for name, value in values.items():
+        if not FLAGS[name].present:
+            FLAGS[name].value = value
+
+
+def _make_plan(data_dir, model_dir, replicas):
+    """--plan=auto: (plan, budget, machine) with the plan's values set on every flag not
+    given; a run folder being resumed keeps the plan in its plan.json (plan None then).
+    (None, None, None) with --plan=none or the built-in data."""
+    from segdata import records
+    if FLAGS.plan == "none" or FLAGS.data_dir is None:
+        if FLAGS.budget:
+            raise ValueError(f"--budget={FLAGS.budget}: a budget is for --plan=auto with a "
+                             "--data_dir; drop it, or set --epochs and --steps_per_epoch")
+        return None, None, None
+    budget = planning.Budget.parse(FLAGS.budget or planning.DEFAULT_BUDGET)
+    stored = planning.read(model_dir) if os.path.isdir(os.path.join(model_dir, "backup")) else None
+    if stored:
+        if FLAGS.budget and stored["budget"] != str(budget):
+            raise ValueError(f"--model_dir={model_dir} holds a run planned for --budget="
+                             f"{stored['budget']} (now {budget}); resume with that budget, "
+                             "or pass a new --model_dir")
+        _apply_plan_values({name: entry["value"] for name, entry in stored["values"].items()})
+        _log(f"resuming with the plan in {model_dir}/{planning.FILENAME} (--budget="
+             f"{stored['budget']})")
+        return None, budget, None
+    manifest = records.load_manifest(data_dir)
+    machine = planning.Machine.detect(replicas)
+    plan = planning.make_plan(manifest, machine, _given_flags())
+    if budget.unit != "min":
+        planning.schedule(plan, manifest, budget)
+    _apply_plan_values(plan.values)
+    return plan, budget, machine
+
+
+def _log_plan(plan, budget):
+    _log(f"plan (--plan=auto --budget={budget}; reasons in RUN/{planning.FILENAME}, a flag "
+         "you give wins):")
+    for line in plan.summary_lines():
+        _log(line)
+
+
 def _check_run_folder(model_dir):
     """A file in the way, or a backup made with another model: one clear error, nothing written."""
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
@@ -337,6 +393,10 @@ def run():
     _apply_encoder_defaults()
     data_dir = FLAGS.data_dir or _synthetic_records()
     model_dir = FLAGS.model_dir or os.path.join(ROOT, "runs", FLAGS.model)
+    plan, budget, machine = _make_plan(data_dir, model_dir, strategy.num_replicas_in_sync)
+    timed_budget = plan is not None and budget.unit == "min"
+    if plan is not None and not timed_budget:
+        _log_plan(plan, budget)
     manifest, steps = _check_data(data_dir, strategy.num_replicas_in_sync)
     model_options = segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict())
     # the model's input, decided once: pipeline, model, contract and serving read it
@@ -365,6 +425,34 @@ def run():
          f"num_classes={num_classes} data={data_dir}")
     # windows and whole frames differ in size: one fully convolutional model takes both
     input_shape = ((None, None) if windows else spec.image_size) + (channels,)
+    mask_fill = ignore if FLAGS.mask_fill < 0 else FLAGS.mask_fill
+    reading = dict(cache=FLAGS.cache, skip_corrupt=FLAGS.skip_corrupt)
+
+    def train_input(context, start_step=0, **options):
+        per_replica = context.get_per_replica_batch_size(FLAGS.batch_size)
+        return pipeline.training_dataset(
+            data_dir, spec, per_replica, config, seed=FLAGS.seed, input_context=context,
+            augment_on=FLAGS.augment_on, start_index=start_step * per_replica,
+            mask_fill=mask_fill, on_service=bool(FLAGS.data_service), **{**reading, **options})
+
+    preprocess = None
+    if FLAGS.augment_on == "device":
+        preprocess = lambda batch: augment.augment_batch(  # noqa: E731
+            batch["image"], batch["mask"], batch["seed"], config, mask_fill)
+    if timed_budget:
+        from segtrain import steptime
+        step_s = steptime.seconds_per_step(
+            strategy, lambda: segmodels.build_model(FLAGS.model, input_shape, num_classes,
+                                                    **model_options),
+            _loss_fn(manifest), num_classes, ignore, lambda c: train_input(c, cache=False),
+            preprocess)
+        # the rest of the budget, less a tenth kept for the test split and the export
+        seconds_left = 0.9 * budget.amount * 60 - (time.time() - STARTED)
+        planning.schedule(plan, manifest, budget, step_s, seconds_left)
+        _apply_plan_values(plan.values)
+        steps = FLAGS.steps_per_epoch
+        _log_plan(plan, budget)
+        keras.utils.set_random_seed(FLAGS.seed)  # the timed model drew from the seed
     with strategy.scope():
         model = segmodels.build_model(FLAGS.model, input_shape, num_classes, **model_options)
         if FLAGS.sync_batch_norm:
@@ -391,6 +479,8 @@ def run():
     os.makedirs(model_dir, exist_ok=True)
     if is_chief:
         _write_flags(model_dir)
+        if plan is not None:
+            planning.write(plan, model_dir, budget, machine)
     start_epoch = backup.latest_epoch()
     trained_in = backup.saved_precision()
     if start_epoch and trained_in and trained_in != precision:
@@ -401,15 +491,9 @@ def run():
             scale = "; its float16 loss scale is dropped"
         _log(f"resuming a {trained_in} run in {precision}: the weights and the optimizer's "
              f"step, moments and schedule position carry over{scale}")
-    mask_fill = ignore if FLAGS.mask_fill < 0 else FLAGS.mask_fill
-    reading = dict(cache=FLAGS.cache, skip_corrupt=FLAGS.skip_corrupt)
 
     def train_fn(context):
-        per_replica = context.get_per_replica_batch_size(FLAGS.batch_size)
-        dataset = pipeline.training_dataset(
-            data_dir, spec, per_replica, config, seed=FLAGS.seed, input_context=context,
-            augment_on=FLAGS.augment_on, start_index=start_epoch * steps * per_replica,
-            mask_fill=mask_fill, on_service=bool(FLAGS.data_service), **reading)
+        dataset = train_input(context, start_epoch * steps)
         if FLAGS.data_service:
             # decode + augment run on the service workers (sharding: see segdata/service.py)
             from segdata import service
@@ -422,19 +506,18 @@ def run():
                 data_dir, split, spec, context.get_per_replica_batch_size(FLAGS.batch_size),
                 input_context=context, pad_batches=True, **reading))
 
-    preprocess = None
-    if FLAGS.augment_on == "device":
-        preprocess = lambda batch: augment.augment_batch(  # noqa: E731
-            batch["image"], batch["mask"], batch["seed"], config, mask_fill)
     freeze = (model.get_layer("encoder"), FLAGS.freeze_encoder_epochs) \
         if FLAGS.freeze_encoder_epochs else None
     trainer = loop.Trainer(strategy, model, optimizer, _loss_fn(manifest), num_classes, ignore,
                            preprocess, FLAGS.jit_compile, FLAGS.steps_per_loop, freeze)
     sample = next(iter(pipeline.evaluation_dataset(data_dir, "val", spec, 4, **reading))) \
         if is_chief else None
-    callback_list = keras.callbacks.CallbackList(callbacks.make_callbacks(
+    run_callbacks = callbacks.make_callbacks(
         model_dir, FLAGS.monitor, FLAGS.mode, FLAGS.patience, FLAGS.min_delta, is_chief,
-        start_epoch, (sample["image"], sample["mask"]) if sample else None), model=model)
+        start_epoch, (sample["image"], sample["mask"]) if sample else None)
+    if timed_budget:
+        run_callbacks.append(callbacks.Deadline(STARTED + 0.9 * budget.amount * 60))
+    callback_list = keras.callbacks.CallbackList(run_callbacks, model=model)
     bar = functools.partial(progress.EpochProgress, interval_s=FLAGS.progress_interval_s)
     try:
         summary = trainer.fit(strategy.distribute_datasets_from_function(train_fn),
@@ -487,7 +570,7 @@ def main(argv):
     from segtrain.loop import NanLossError
     try:
         return run()
-    except (ValueError, RecordsError, NanLossError, FileNotFoundError) as err:
+    except (ValueError, RecordsError, NanLossError, FileNotFoundError) as err:  # PlanError too
         sys.stderr.write(f"train.py: error: {err}\n")
         return 1
 

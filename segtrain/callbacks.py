@@ -2,6 +2,7 @@
 plus TensorBoard scalars with a few validation images."""
 import csv
 import os
+import time
 
 import keras
 import tensorflow as tf
@@ -42,6 +43,23 @@ class TensorBoardImages(keras.callbacks.Callback):
             tf.summary.image("val/predicted_mask", pred / scale, max_outputs=4)
             tf.summary.image("val/true_mask", truth, max_outputs=4)
         self.writer.flush()
+
+
+class Deadline(keras.callbacks.Callback):
+    """Stops after the epoch whose successor would end past `deadline` (time.time()): a
+    minutes budget holds even when a step was slower than the one timed for the plan."""
+
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline, self.epoch_started = deadline, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.time()
+        if now + (now - self.epoch_started) > self.deadline:
+            self.model.stop_training = True
 
 
 def trim_csv_log(path, epochs):

@@ -7,7 +7,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
-TINY = ["--image_size=32", "--base_filters=4", "--depth=2", "--batch_size=4", "--dropout=0",
+TINY = ["--plan=none", "--image_size=32", "--base_filters=4", "--depth=2", "--batch_size=4", "--dropout=0",
         "--mixed_precision=float32", "--learning_rate=0.01"]
 # TINY for --train_crop runs, which refuse --image_size
 TINY_WINDOWS = [flag for flag in TINY if not flag.startswith("--image_size")]

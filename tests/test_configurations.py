@@ -39,7 +39,7 @@ from harness import run as run_to_end
 from segtrain import distribute
 
 EPOCHS, STEPS, PEAK_LR = 3, 24, 0.01
-COMMON = ["--image_size=32", "--base_filters=4", "--depth=2", "--batch_size=4", "--dropout=0",
+COMMON = ["--plan=none", "--image_size=32", "--base_filters=4", "--depth=2", "--batch_size=4", "--dropout=0",
           "--loss=dice_ce", f"--learning_rate={PEAK_LR}", "--batch_norm",
           f"--epochs={EPOCHS}", f"--steps_per_epoch={STEPS}", "--patience=10"]
 AXES = {"replicas": (1, 2), "precision": ("float32", "mixed_float16", "mixed_bfloat16"),

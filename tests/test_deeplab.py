@@ -139,7 +139,8 @@ def test_encoder_unet_decoder_width_default(binary_records, tmp_path):
     run_dir = tmp_path / "run"
     # not harness.train: its tiny settings give --base_filters
     result = run(python(os.path.join(ROOT, "train.py"), f"--data_dir={binary_records}",
-                        f"--model_dir={run_dir}", "--image_size=64", "--encoder=mobilenetv2",
+                        f"--model_dir={run_dir}", "--plan=none", "--image_size=64",
+                        "--encoder=mobilenetv2",
                         "--batch_size=4", "--epochs=1", "--steps_per_epoch=1",
                         "--mixed_precision=float32", "--export=false"))
     assert "--base_filters=16  (the encoder UNet's decoder width" in result.stdout

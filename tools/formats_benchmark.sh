@@ -14,7 +14,7 @@ for model in "unet --base_filters=16" "unet --encoder=resnet50"; do
   name=$(echo "$model" | sed 's/--encoder=//; s/--base_filters=16/classic/; s/ /_/g')
   epochs=15; [[ $model == *resnet50* ]] && epochs=20
   # shellcheck disable=SC2086
-  python3.11 train.py --model=$model --data_dir="$work/records" --model_dir="$work/$name" \
+  python3.11 train.py --plan=none --model=$model --data_dir="$work/records" --model_dir="$work/$name" \
     --image_size=256 --batch_size=4 --epochs=$epochs --steps_per_epoch=10 --learning_rate=1e-3 \
     --loss=ce --aug_hflip --aug_vflip --dropout=0 --patience=40 --cache \
     --mixed_precision=float32 --noprogress | grep "^test:"

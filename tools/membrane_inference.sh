@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/segflow_membrane_inference}
 python tools/prepare_dataset.py --input=../shared/data/membrane --output="$work/records" --overwrite
-python train.py --data_dir="$work/records" --model_dir="$work/run" --image_size=256 \
+python train.py --plan=none --data_dir="$work/records" --model_dir="$work/run" --image_size=256 \
   --base_filters=16 --depth=4 --batch_size=4 --epochs=30 --steps_per_epoch=10 \
   --learning_rate=1e-3 --loss=ce --aug_hflip --aug_vflip --aug_crop=0.5 --dropout=0 \
   --patience=40 --cache --mixed_precision=float32

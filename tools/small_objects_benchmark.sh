@@ -11,7 +11,7 @@ python3.11 tools/synthetic_records.py --output="$out" --count=200 --size=128 --n
   --seed=3 --object_size=0.0625,0.125 --objects=3,8
 grep -m1 "model name" /proc/cpuinfo; grep -m2 -E "cpu family|^model\s" /proc/cpuinfo | tr '\n' ' '; echo
 # 400 steps x batch 8 x 128^2 = 5.2e7 training pixels for every model
-common=(--data_dir="$out/records" --image_size=128 --batch_size=8 --steps_per_epoch=50 --epochs=8
+common=(--plan=none --data_dir="$out/records" --image_size=128 --batch_size=8 --steps_per_epoch=50 --epochs=8
         --learning_rate=1e-3 --loss=dice_ce --monitor=val_mean_iou --patience=100 --dropout=0
         --mixed_precision=float32 --noprogress --export=false)
 for model in "unet --base_filters=16 --batch_norm" "unet --encoder=mobilenetv2" \

@@ -12,7 +12,7 @@ out=${1:-runs/windows_vs_stretch}
 python3.11 tools/synthetic_records.py --output="$out" --count=200 --size=256 --num_classes=4 \
   --seed=5 --object_size=0.0234375,0.046875 --objects=2,6
 grep -m1 "model name" /proc/cpuinfo; grep -m2 -E "cpu family|^model\s" /proc/cpuinfo | tr '\n' ' '; echo
-common=(--data_dir="$out/records" --base_filters=16 --batch_norm --steps_per_epoch=50 --epochs=8
+common=(--plan=none --data_dir="$out/records" --base_filters=16 --batch_norm --steps_per_epoch=50 --epochs=8
         --learning_rate=1e-3 --loss=dice_ce --monitor=val_mean_iou --patience=100 --dropout=0
         --mixed_precision=float32 --noprogress)
 # name | flags: each 400 steps x batch x pixels = 5.2e7 training pixels
