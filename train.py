@@ -253,10 +253,12 @@ def _make_plan(data_dir, model_dir, replicas):
             raise ValueError(f"--model_dir={model_dir} holds a run planned for --budget="
                              f"{stored['budget']} (now {budget}); resume with that budget, "
                              "or pass a new --model_dir")
-        _apply_plan_values({name: entry["value"] for name, entry in stored["values"].items()})
+        _apply_plan_values({"budget": stored["budget"],
+                            **{name: entry["value"] for name, entry in stored["values"].items()}})
         _log(f"resuming with the plan in {model_dir}/{planning.FILENAME} (--budget="
              f"{stored['budget']})")
         return None, budget, None
+    FLAGS.budget = str(budget)  # flags.txt says what the run was planned for
     manifest = records.load_manifest(data_dir)
     machine = planning.Machine.detect(replicas)
     plan = planning.make_plan(manifest, machine, _given_flags())

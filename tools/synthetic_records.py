@@ -1,7 +1,8 @@
 """A synthetic records folder for benchmarks (segdata.synthetic, then prepare), once.
 
     python tools/synthetic_records.py --output=DIR --count=200 --size=256 --num_classes=4 \
-        --object_size=0.023,0.047 --objects=2,6 [--seed=5]
+        --object_size=0.023,0.047 --objects=2,6 [--seed=5] \
+        [--shapes=ellipse,rectangle,line,triangle --class_probabilities=0.4,0.4,0.15,0.05]
 
 Writes DIR/files (frames and masks) and DIR/records; does nothing when DIR/records exists.
 """
@@ -21,6 +22,10 @@ flags.DEFINE_integer("seed", 0, "Generator seed.")
 flags.DEFINE_list("object_size", ["0.1667", "0.4"], "Object side, fractions of the frame's: "
                   "LOW,HIGH.")
 flags.DEFINE_list("objects", ["1", "3"], "Objects a frame: LOW,HIGH (inclusive).")
+flags.DEFINE_list("shapes", ["ellipse", "rectangle", "triangle"], "Shape of class 1, 2, ... "
+                  "in turn: ellipse, rectangle, triangle or line (thin).")
+flags.DEFINE_list("class_probabilities", [], "How often an object is of class 1, 2, ...; "
+                  "empty: uniform.")
 flags.mark_flag_as_required("output")
 
 
@@ -34,7 +39,8 @@ def main(argv):
         os.path.join(FLAGS.output, "files"), count=FLAGS.count, size=(FLAGS.size, FLAGS.size),
         num_classes=FLAGS.num_classes, seed=FLAGS.seed,
         object_size=tuple(float(v) for v in FLAGS.object_size),
-        objects=tuple(int(v) for v in FLAGS.objects))
+        objects=tuple(int(v) for v in FLAGS.objects), shapes=FLAGS.shapes,
+        class_probabilities=[float(v) for v in FLAGS.class_probabilities] or None)
     prepare.prepare(prepare.PrepareConfig(input=files, output=out, overwrite=True,
                                           progress=False))
     return 0
