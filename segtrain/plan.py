@@ -50,21 +50,22 @@ class PlanError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Machine:
-    accelerator: str          # "cpu" or "gpu"
+    accelerator: str               # "cpu" or "gpu"
     replicas: int
-    memory_gib: float         # per accelerator (GPU); the host's for a CPU
-    native_bfloat16: bool = False
+    host_memory_gib: float
+    gpu_memory_gib: float = 0.0    # each GPU's
+    native_bfloat16: bool = False  # a CPU's (GPUs: --mixed_precision=auto decides)
 
     @classmethod
     def detect(cls, replicas):
         import tensorflow as tf
 
         from segtrain import distribute
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            return cls("gpu", replicas, _gpu_memory_gib(), True)
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
-        return cls("cpu", replicas, round(memory, 1), bool(distribute.cpu_has_native_bfloat16()))
+        host = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1)
+        if tf.config.list_physical_devices("GPU"):
+            return cls("gpu", replicas, host, _gpu_memory_gib())
+        return cls("cpu", replicas, host,
+                   native_bfloat16=bool(distribute.cpu_has_native_bfloat16()))
 
 
 def _gpu_memory_gib():
@@ -87,7 +88,7 @@ class Budget:
 
     @classmethod
     def parse(cls, text):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(steps|min|epochs)\s*", str(text))
+        match = re.fullmatch(rf"\s*(\d+(?:\.\d+)?)\s*({'|'.join(BUDGET_UNITS)})\s*", str(text))
         if not match or float(match.group(1)) <= 0:
             raise PlanError(f"--budget={text!r}: expected a positive amount of steps, minutes "
                             "or epochs, e.g. 2000steps, 10min or 50epochs")
@@ -289,7 +290,7 @@ def make_plan(manifest, machine, given=None):
         plan.set("aug_contrast", 0.1, "exposure varies between photographs")
     cache_bytes = sum(h * w * n for h, w, n in fingerprint["sizes"]) * (fingerprint["channels"] + 1) \
         * train_frames / frames * (2 if fingerprint["bits"] > 8 else 1)
-    fits = cache_bytes < 0.25 * machine.memory_gib * 2 ** 30
+    fits = cache_bytes < 0.25 * machine.host_memory_gib * 2 ** 30
     plan.set("cache", bool(fits), f"the decoded training split ({cache_bytes / 2 ** 20:.0f} MiB) "
              + ("fits in a quarter of this machine's memory" if fits else
                 "does not fit in a quarter of this machine's memory"))
@@ -314,11 +315,11 @@ def _batch_size(plan, machine, size, given):
                f"{size[0]}x{size[1]})")
     else:
         width = plan.values.get("base_filters", WIDTH["gpu"])
-        usable = 0.5 * machine.memory_gib * 2 ** 30
+        usable = 0.5 * machine.gpu_memory_gib * 2 ** 30
         per_replica = int(usable // (BYTES_PER_PIXEL_PER_FILTER * width * _pixels(size)))
         per_replica = max(2, min(MAX_BATCH_PER_REPLICA, per_replica))
         batch = per_replica * replicas
-        why = (f"{per_replica} a GPU x {replicas}: half of {machine.memory_gib:g} GiB at "
+        why = (f"{per_replica} a GPU x {replicas}: half of {machine.gpu_memory_gib:g} GiB at "
                f"~{BYTES_PER_PIXEL_PER_FILTER * width} bytes a pixel (estimated, not measured)")
     plan.set("batch_size", batch, why)
     return int(given.get("batch_size", batch))

@@ -8,9 +8,9 @@ import pytest
 from harness import TINY, train
 from segtrain import plan as planning
 
-CPU = planning.Machine("cpu", 1, 16.0, native_bfloat16=True)
-OLD_CPU = planning.Machine("cpu", 1, 16.0, native_bfloat16=False)
-FOUR_GPUS = planning.Machine("gpu", 4, 80.0, native_bfloat16=True)
+CPU = planning.Machine("cpu", 1, host_memory_gib=16.0, native_bfloat16=True)
+OLD_CPU = planning.Machine("cpu", 1, host_memory_gib=16.0, native_bfloat16=False)
+FOUR_GPUS = planning.Machine("gpu", 4, host_memory_gib=256.0, gpu_memory_gib=80.0)
 
 
 def manifest(sizes, frequency, frames_with, channels=1, bits=8, train=140, val=40, test=20,
@@ -91,7 +91,7 @@ def test_cpu_batch_carries_a_fixed_pixel_load_and_gpu_batch_follows_memory():
             assert batch * side * side == pytest.approx(planning.CPU_STEP_PIXELS, rel=0.5)
     data = manifest([(512, 512, 200)], [0.6, 0.4], [200, 200])
     gpu = planning.make_plan(data, FOUR_GPUS).values
-    small_gpu = planning.make_plan(data, planning.Machine("gpu", 4, 16.0, True)).values
+    small_gpu = planning.make_plan(data, planning.Machine("gpu", 4, 256.0, gpu_memory_gib=16.0)).values
     assert gpu["batch_size"] % 4 == 0 and small_gpu["batch_size"] % 4 == 0
     assert gpu["batch_size"] > small_gpu["batch_size"]
     assert gpu["base_filters"] > planning.make_plan(data, CPU).values["base_filters"]
