@@ -82,8 +82,9 @@ flags.DEFINE_float("progress_interval_s", 30.0, "Seconds between plain progress 
 flags.DEFINE_enum("lr_schedule", "constant", optim.SCHEDULES, "LR schedule.")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 to --learning_rate (any schedule).")
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (adamw only).")
-flags.DEFINE_enum("class_weights", "none", ["none", "manifest"], "manifest: median-frequency "
-                  "weights from the manifest's per-class pixel counts.")
+flags.DEFINE_enum("class_weights", "none", ["none", "manifest", "manifest_sqrt"], "manifest: "
+                  "median-frequency weights from the manifest's per-class pixel counts; "
+                  "manifest_sqrt: their square roots, a milder balance.")
 flags.DEFINE_integer("base_filters", 64, "UNet width at full resolution (64 is the classic "
                      "model; with --encoder, 16 unless given: the encoder UNet's own default).")
 flags.DEFINE_integer("depth", 4, "UNet down/up stages.")
@@ -371,8 +372,10 @@ def _input_spec(data_dir, manifest, model_options, channels):
 def _loss_fn(manifest):
     from segmodels import losses
     weights = None
-    if FLAGS.class_weights == "manifest":
-        weights = losses.class_weights_from_pixels(manifest["splits"]["train"]["class_pixels"])
+    if FLAGS.class_weights != "none":
+        weights = losses.class_weights_from_pixels(
+            manifest["splits"]["train"]["class_pixels"],
+            power=0.5 if FLAGS.class_weights == "manifest_sqrt" else 1.0)
         _log(f"class weights from the manifest: {[round(w, 3) for w in weights]}")
     return segmodels.LOSSES[FLAGS.loss].bound(manifest["ignore_label"], weights)
 

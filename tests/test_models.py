@@ -170,6 +170,18 @@ def test_losses_match_numpy(channels, seed):
                                1 - (_np_dice(y, logits) * weights).sum() / weights.sum(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_class_weights_from_pixel_counts(power):
+    rng = np.random.default_rng(int(power * 10))
+    counts = rng.integers(1, 10 ** 6, 6).tolist() + [0]  # a class with no pixels
+    frequency = np.array(counts, float) / sum(counts)
+    median = np.sort(frequency[frequency > 0])[3]  # six present: the upper middle one
+    expected = np.where(frequency > 0, (median / np.maximum(frequency, 1e-12)) ** power, 0)
+    weights = losses.class_weights_from_pixels(counts, power=power)
+    np.testing.assert_allclose(weights, expected, rtol=1e-9)
+    assert weights[-1] == 0
+
+
 def test_dice_golden_and_empty_cases():
     # 1x2 image, binary, logits 0 -> p = 0.5 everywhere; truth [0, 1].
     y = np.array([[[[0], [1]]]], "int32")

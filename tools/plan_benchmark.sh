@@ -35,6 +35,6 @@ side = [int(v) for v in flags["image_size"].replace("x", ",").split(",")]
 steps = len(open(run + "/log.csv").read().splitlines()[1:]) * int(flags["steps_per_epoch"])
 print(f"{run.rsplit('/', 1)[1]:9s} test mIoU {m['mean_iou']:.4f}  IoU {[round(v, 3) for v in m['per_class_iou']]}"
       f"  Dice {m['dice']:.4f}  best epoch {m['best_epoch']}  steps run {steps}"
-      f"  pixels {steps * int(flags['batch_size']) * side[0] * side[1]:.2e}  {wall} s")
+      f"  pixels {steps * int(flags['batch_size']) * side[0] * side[-1]:.2e}  {wall} s")
 PY
 done
