@@ -1,5 +1,6 @@
 """Files that appear whole or not at all."""
 import contextlib
+import json
 import os
 
 
@@ -11,3 +12,17 @@ def replacing(path, mode="w", **open_kwargs):
     with open(temp, mode, **open_kwargs) as handle:
         yield handle
     os.replace(temp, path)
+
+
+def write_json(path, value, indent=1):
+    with replacing(path) as handle:
+        json.dump(value, handle, indent=indent)
+    return path
+
+
+def read_json(path):
+    """What write_json wrote, or None when `path` is not there (yet)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        return json.load(handle)

@@ -10,7 +10,6 @@ frequencies, object areas, frames, memory); BENCHMARKS.md §13 measures them. Pu
 no TensorFlow (the step timing a minutes budget needs lives in segtrain.steptime).
 """
 import dataclasses
-import json
 import math
 import os
 import re
@@ -392,14 +391,9 @@ def _record_overrides(plan):
 
 
 def write(plan, model_dir, budget, machine):
-    with atomic.replacing(os.path.join(model_dir, FILENAME)) as handle:
-        json.dump(plan.to_json(budget, machine), handle, indent=1)
+    atomic.write_json(os.path.join(model_dir, FILENAME), plan.to_json(budget, machine))
 
 
 def read(model_dir):
     """plan.json of a run folder, or None."""
-    path = os.path.join(model_dir, FILENAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
+    return atomic.read_json(os.path.join(model_dir, FILENAME))

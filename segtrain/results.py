@@ -7,7 +7,6 @@ stopped_epoch (None unless early stopping fired), epochs_run, best_epoch (1-base
 best_<monitor>, class_names, resumed_from_epoch, and collapse (the warning text of a run
 that stopped learning, else None).
 """
-import json
 import math
 import os
 
@@ -39,16 +38,9 @@ def run_result(test_scores, backup, monitor, class_names, resumed_from_epoch):
 
 def write(run_dir, result):
     """Atomically: a reader never sees half a file."""
-    path = os.path.join(run_dir, FILENAME)
-    with atomic.replacing(path) as handle:
-        json.dump(result, handle, indent=2)
-    return path
+    return atomic.write_json(os.path.join(run_dir, FILENAME), result, indent=2)
 
 
 def read(run_dir):
     """The run's metrics dict, or None when the run has not finished."""
-    path = os.path.join(run_dir, FILENAME)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as handle:
-        return json.load(handle)
+    return atomic.read_json(os.path.join(run_dir, FILENAME))
