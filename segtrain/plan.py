@@ -40,7 +40,7 @@ VALIDATION_SHARE = 0.1
 EPOCH_END_SECONDS = 1.0
 FEW_FRAMES = 100           # fewer training frames than this: elastic deformation
 RARE = 0.5                 # a class in fewer than this share of frames: centre windows on it
-IMBALANCED = 0.05          # a class under this pixel share: the loss must not ignore it
+IMBALANCED = 0.05          # a class under this pixel share: class weights
 
 
 class PlanError(ValueError):
@@ -250,13 +250,14 @@ def make_plan(manifest, machine, given=None):
     batch = _batch_size(plan, machine, size, given)
 
     # -- loss, monitor ------------------------------------------------------------------
-    plan.set("loss", "dice_ce", (f"classes are imbalanced (the rarest has {smallest_frequency:.2%} "
-                                 "of the pixels): Dice weighs every class equally, "
-                                 "cross-entropy keeps every pixel's gradient")
-             if smallest_frequency < IMBALANCED else
-             "Dice for the overlap the scores measure, cross-entropy for steady gradients")
-    plan.set("class_weights", "none", "the Dice term already weighs classes equally; "
-             "median-frequency weights on top over-predict rare classes")
+    plan.set("loss", "dice_ce", "Dice for the overlap the scores measure, cross-entropy for "
+             "steady gradients (nnU-Net's loss)")
+    imbalanced = smallest_frequency < IMBALANCED
+    plan.set("class_weights", "manifest_sqrt" if imbalanced else "none",
+             f"a class has {smallest_frequency:.2%} of the pixels: square roots of the "
+             "median-frequency weights, or the rarest classes are never predicted (full "
+             "weights over-predict them; BENCHMARKS §13)" if imbalanced else
+             "no class is rare enough to need weights")
     plan.set("monitor", "val_mean_iou", "the score, not a loss that depends on the batch")
     plan.set("mode", "max", "mean IoU: higher is better")
     plan.set("min_delta", 0.0, "any improvement keeps a new best checkpoint")

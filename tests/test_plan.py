@@ -101,9 +101,8 @@ def test_cpu_batch_carries_a_fixed_pixel_load_and_gpu_batch_follows_memory():
 
 
 def test_imbalance_and_rare_classes():
-    rare = planning.make_plan(RARE_BINARY, CPU)
-    assert rare.values["loss"] == "dice_ce" and "imbalanced" in rare.reasons["loss"]
-    assert "imbalanced" not in planning.make_plan(BALANCED_BINARY, CPU).reasons["loss"]
+    assert planning.make_plan(RARE_BINARY, CPU).values["class_weights"] == "manifest_sqrt"
+    assert planning.make_plan(BALANCED_BINARY, CPU).values["class_weights"] == "none"
     twenty = manifest([(1024, 1024, 200)], [0.5] + [0.025] * 19, [200] + [30] * 19)
     windows = planning.make_plan(twenty, CPU).values
     assert windows["crop_foreground"] > 0  # a class in 15% of frames: windows seek it
