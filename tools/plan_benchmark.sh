@@ -3,6 +3,7 @@
 # hand-set recipe, at one training budget, on a hard synthetic multi-class set: 200 grey
 # 256 px frames, 2-px-thin lines (class 3) and rare triangles (class 4, in ~1 frame of 5),
 # each under 0.05% of the pixels. Prints each run's test scores and training work.
+# Six runs: ~1 hour on 2 cores. SEED=N (default 42) for another seed.
 #   bash tools/plan_benchmark.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,20 +12,23 @@ grep -m1 "model name" /proc/cpuinfo; grep -m2 -E "cpu family|^model\s" /proc/cpu
 python3.11 tools/synthetic_records.py --output="$out" --count=200 --size=256 --num_classes=5 \
   --object_size=0.03,0.08 --objects=3,8 --seed=7 --shapes=ellipse,rectangle,line,triangle \
   --class_probabilities=0.45,0.4,0.1,0.05
-# name | flags: each 600 steps x 8 x 256^2 = 3.1e8 training pixels (the defaults' early stop
-# may end theirs sooner)
+# name | flags: each 600 steps x 8 x 256^2 = 3.1e8 training pixels (128 px windows: 1200
+# steps x 8 x 128^2 x 2 = the same; the defaults' early stop may end theirs sooner). The
+# plan's variants are what a hand-tuner would try next. ONLY="plan plan_windows_weights"
+# runs those alone.
 runs=("plan|--budget=600steps"
       "defaults|--plan=none --image_size=256 --base_filters=16 --steps_per_epoch=20 --epochs=30"
-      "handset|--plan=none --image_size=256 --base_filters=16 --batch_norm --batch_size=8
-        --steps_per_epoch=20 --epochs=30 --learning_rate=1e-3 --lr_schedule=cosine
-        --warmup_epochs=1 --loss=dice_ce --monitor=val_mean_iou --patience=100 --dropout=0
-        --aug_vflip --aug_rotation=20 --mixed_precision=float32")
+      "plan_no_weights|--budget=600steps --class_weights=none"
+      "plan_full_weights|--budget=600steps --class_weights=manifest"
+      "plan_windows|--budget=1200steps --train_crop=128 --class_weights=none"
+      "plan_windows_weights|--budget=1200steps --train_crop=128")
 for run in "${runs[@]}"; do
   name=${run%%|*}; flags=${run#*|}
+  [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]] && continue
   rm -rf "${out:?}/$name"
   start=$(date +%s)
   # shellcheck disable=SC2086
-  python3.11 train.py $flags --data_dir="$out/records" --model_dir="$out/$name" --noprogress \
+  python3.11 train.py $flags --seed="${SEED:-42}" --data_dir="$out/records" --model_dir="$out/$name" --noprogress \
     --export=false > "$out/$name.log" 2>&1
   python3.11 - "$out/$name" "$(( $(date +%s) - start ))" <<'PY'
 import json, sys
