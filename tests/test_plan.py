@@ -236,3 +236,21 @@ def test_bad_budget_is_one_line(binary_records, tmp_path, flags, named):
     (line,) = [l for l in result.stderr.splitlines() if l.startswith("train.py: error:")]
     assert named in line and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_plan_picks_windows_for_frames_of_many_sizes_through_train_py(tmp_path):
+    """Frames of three sizes: the plan trains native-resolution windows and the run's input
+    contract says so (the plan's values reach the input spec like given flags)."""
+    from conftest import make_records
+    records = make_records(str(tmp_path), "mixed", count=24, num_classes=3,
+                           size=[(48, 64), (64, 80), (40, 56)])
+    run_dir = tmp_path / "run"
+    result = train(records, run_dir, "--budget=2steps", "--base_filters=4", base=[])
+    plan = json.loads((run_dir / planning.FILENAME).read_text())
+    crop = size_of(plan["values"]["train_crop"]["value"])
+    assert "3 frame sizes" in plan["values"]["train_crop"]["why"]
+    contract = json.loads((run_dir / "input_contract.json").read_text())
+    assert tuple(contract["train_crop"]) == crop
+    assert f"train_crop={crop}" in result.stdout
+    # whole-frame evaluation: the canvas holds the largest frame
+    assert contract["image_size"][0] >= 64 and contract["image_size"][1] >= 80
