@@ -451,9 +451,12 @@ def run():
                                                     **model_options),
             _loss_fn(manifest), num_classes, ignore, lambda c: train_input(c, cache=False),
             preprocess)
-        # the rest of the budget, less a tenth kept for the test split and the export
-        seconds_left = 0.9 * budget.amount * 60 - (time.time() - STARTED)
-        planning.schedule(plan, manifest, budget, step_s, seconds_left)
+        # the rest of the budget, less a tenth kept for the test split and the export; every
+        # worker of a cluster plans with the slowest one's figures, so all run the same steps
+        started = distribute.agree_max(strategy, time.time() - STARTED)
+        seconds_left = 0.9 * budget.amount * 60 - started
+        planning.schedule(plan, manifest, budget, distribute.agree_max(strategy, step_s),
+                          seconds_left)
         _apply_plan_values(plan.values)
         steps = FLAGS.steps_per_epoch
         _log_plan(plan, budget)

@@ -127,6 +127,14 @@ def worker_dir(path, strategy):
     return os.path.join(path, f".worker_{task_type}_{task_id}")
 
 
+def agree_max(strategy, value):
+    """The largest of every worker's `value` (a float), on every worker."""
+    @tf.function  # eager collectives warn of their overhead
+    def gather():
+        return strategy.gather(strategy.run(lambda: tf.constant([value], tf.float32)), axis=0)
+    return float(tf.reduce_max(gather()))  # ReduceOp has no MAX
+
+
 def describe(strategy):
     return json.dumps({"strategy": type(strategy).__name__,
                        "replicas": strategy.num_replicas_in_sync})
