@@ -39,7 +39,7 @@ VALIDATION_SHARE = 0.1
 # cores, more for larger models): an estimate for a minutes budget.
 EPOCH_END_SECONDS = 1.0
 FEW_FRAMES = 100           # fewer training frames than this: elastic deformation
-RARE = 0.5                 # a class in fewer than this share of frames: centre windows on it
+RARE = 0.5                 # a class in fewer than this share of frames: windows centred on it
 IMBALANCED = 0.05          # a class under this pixel share: class weights
 
 
@@ -179,6 +179,7 @@ def make_plan(manifest, machine, given=None):
     frames = max(1, fingerprint["frames"])
     foreground = range(1, num_classes)
     rarest_share = min(frames_with[c] / frames for c in foreground)
+    rare = rarest_share < RARE
     smallest_frequency = min(frequency[c] for c in foreground)
     areas = [fingerprint["median_object_area"][c] for c in foreground
              if fingerprint["median_object_area"][c]]
@@ -201,12 +202,15 @@ def make_plan(manifest, machine, given=None):
     elif "image_size" in given or "resize" in given:
         mode = "whole"
     else:
-        mode = "whole" if one_size and max(median) <= side_cap else "windows"
+        mode = "whole" if one_size and max(median) <= side_cap and not rare else "windows"
     if mode == "whole":
         planned = median
         target = _parse_size(given["image_size"]) if "image_size" in given else planned
     else:
-        planned = tuple(min(WINDOW_SIDE[kind], s) for s in median)
+        # frames that would fit whole are cut in half-side windows when a class is rare:
+        # a third of them centred on foreground see the rare class more often
+        halve = rare and one_size and max(median) <= side_cap
+        planned = tuple(min(WINDOW_SIDE[kind], s // 2 if halve else s) for s in median)
         target = _parse_size(given["train_crop"], "train_crop") if "train_crop" in given \
             else planned
     depth = max(2, min(MAX_DEPTH[kind], int(math.log2(max(32, min(target)) / 8))))
@@ -235,17 +239,25 @@ def make_plan(manifest, machine, given=None):
     else:
         size = tuple(_multiple_below(s, multiple) for s in target)
         rounded = tuple(_multiple_below(s, multiple) for s in planned)
-        why_windows = (f"{fingerprint['distinct_sizes']} frame sizes" if not one_size else
-                       f"{median[0]}x{median[1]} frames, larger than the {side_cap} px trained "
-                       f"whole on a {kind.upper()}")
+        if not one_size:
+            why_windows = f"{fingerprint['distinct_sizes']} frame sizes"
+        elif max(median) > side_cap:
+            why_windows = (f"{median[0]}x{median[1]} frames, larger than the {side_cap} px "
+                           f"trained whole on a {kind.upper()}")
+        elif rare:
+            why_windows = (f"a class is in only {rarest_share:.0%} of the frames: half-frame "
+                           "windows, a third centred on foreground, beat whole frames on such "
+                           "data (BENCHMARKS §13.2)")
+        else:
+            why_windows = "--train_crop given"
         plan.set("train_crop", f"{rounded[0]},{rounded[1]}", f"{why_windows}: windows at "
                  "native scale keep small objects (BENCHMARKS §12.4)")
         plan.set("data_scale", 1.0, "native scale: shrinking loses small objects"
                  + (f" (median object area down to {min(areas):.0f} px)" if areas else ""))
         plan.set("aug_scale", ["0.8", "1.25"], "scale jitter around native scale")
-        plan.set("crop_foreground", 0.33 if rarest_share < RARE else 0.0,
+        plan.set("crop_foreground", 0.33 if rare else 0.0,
                  f"a class is in only {rarest_share:.0%} of frames: a third of the windows "
-                 "centre on a foreground pixel (nnU-Net's oversampling)" if rarest_share < RARE
+                 "centre on a foreground pixel (nnU-Net's oversampling)" if rare
                  else "every class is in most frames: uniform windows")
     batch = _batch_size(plan, machine, size, given)
 

@@ -100,6 +100,16 @@ def test_cpu_batch_carries_a_fixed_pixel_load_and_gpu_batch_follows_memory():
     assert planning.make_plan(data, OLD_CPU).values["mixed_precision"] == "float32"
 
 
+def test_a_rare_class_turns_frames_that_fit_into_half_frame_windows_seeking_it():
+    common = planning.make_plan(manifest([(256, 256, 200)], [0.7, 0.2, 0.1],
+                                         [200, 180, 150]), CPU).values
+    rare = planning.make_plan(manifest([(256, 256, 200)], [0.7, 0.29, 0.01],
+                                       [200, 180, 40]), CPU).values
+    assert "train_crop" not in common and size_of(common["image_size"]) == (256, 256)
+    assert size_of(rare["train_crop"]) == (128, 128) and rare["crop_foreground"] > 0
+    assert "image_size" not in rare
+
+
 def test_imbalance_and_rare_classes():
     assert planning.make_plan(RARE_BINARY, CPU).values["class_weights"] == "manifest_sqrt"
     assert planning.make_plan(BALANCED_BINARY, CPU).values["class_weights"] == "none"

@@ -12,16 +12,16 @@ grep -m1 "model name" /proc/cpuinfo; grep -m2 -E "cpu family|^model\s" /proc/cpu
 python3.11 tools/synthetic_records.py --output="$out" --count=200 --size=256 --num_classes=5 \
   --object_size=0.03,0.08 --objects=3,8 --seed=7 --shapes=ellipse,rectangle,line,triangle \
   --class_probabilities=0.45,0.4,0.1,0.05
-# name | flags: each 600 steps x 8 x 256^2 = 3.1e8 training pixels (128 px windows: 1200
-# steps x 8 x 128^2 x 2 = the same; the defaults' early stop may end theirs sooner). The
-# plan's variants are what a hand-tuner would try next. ONLY="plan plan_windows_weights"
-# runs those alone.
-runs=("plan|--budget=600steps"
+# name | flags: each 3.1e8 training pixels: 600 steps x 8 x 256^2 for whole frames, 1200
+# steps x 16 x 128^2 for the plan's half-frame windows (the defaults' early stop may end
+# theirs sooner). The variants are what a hand-tuner would try. ONLY="plan plan_whole" runs
+# those alone.
+runs=("plan|--budget=1200steps"
       "defaults|--plan=none --image_size=256 --base_filters=16 --steps_per_epoch=20 --epochs=30"
-      "plan_no_weights|--budget=600steps --class_weights=none"
-      "plan_full_weights|--budget=600steps --class_weights=manifest"
-      "plan_windows|--budget=1200steps --train_crop=128 --class_weights=none"
-      "plan_windows_weights|--budget=1200steps --train_crop=128")
+      "plan_whole|--budget=600steps --image_size=256"
+      "plan_whole_no_weights|--budget=600steps --image_size=256 --class_weights=none"
+      "plan_whole_full_weights|--budget=600steps --image_size=256 --class_weights=manifest"
+      "plan_no_weights|--budget=1200steps --class_weights=none")
 for run in "${runs[@]}"; do
   name=${run%%|*}; flags=${run#*|}
   [[ -n ${ONLY:-} && " $ONLY " != *" $name "* ]] && continue
@@ -35,7 +35,7 @@ import json, sys
 run, wall = sys.argv[1:]
 m = json.load(open(run + "/metrics.json"))
 flags = dict(line.strip().lstrip("-").split("=", 1) for line in open(run + "/flags.txt") if "=" in line)
-side = [int(v) for v in flags["image_size"].replace("x", ",").split(",")]
+side = [int(v) for v in (flags.get("train_crop") or flags["image_size"]).replace("x", ",").split(",")]
 steps = len(open(run + "/log.csv").read().splitlines()[1:]) * int(flags["steps_per_epoch"])
 print(f"{run.rsplit('/', 1)[1]:9s} test mIoU {m['mean_iou']:.4f}  IoU {[round(v, 3) for v in m['per_class_iou']]}"
       f"  Dice {m['dice']:.4f}  best epoch {m['best_epoch']}  steps run {steps}"
