@@ -247,8 +247,8 @@ def test_sweep_runs_grid_and_skips_finished(binary_records, tmp_path):
     64 px: shrunk to 32 (antialiased), CE at 0.03 learned or collapsed by the seed."""
     sweep_dir = tmp_path / "sweep"
     args = ["--sweep_dir=" + str(sweep_dir), "--grid=learning_rate=0.03,0.0", "--parallel=2", "--",
-            f"--data_dir={binary_records}", "--image_size=64", "--base_filters=8", "--depth=2",
-            "--batch_size=4", "--epochs=3", "--steps_per_epoch=21", "--patience=5",
+            f"--data_dir={binary_records}", "--plan=none", "--image_size=64", "--base_filters=8",
+            "--depth=2", "--batch_size=4", "--epochs=3", "--steps_per_epoch=21", "--patience=5",
             "--export=false", "--loss=ce", "--mixed_precision=float32", "--noaug_hflip",
             "--dropout=0"]
     first = tool("sweep.py", *args, timeout=600)
