@@ -346,6 +346,10 @@ def schedule(plan, manifest, budget, step_seconds=None, seconds_left=None):
     size = plan.facts["input"]
     step_pixels = batch * _pixels(size)
     val_pixels = _val_pixels(manifest, plan.facts)
+    # a validation's cost in training steps: its forward pass is ~1/3 of a training step's
+    # work per pixel, and (when a step is timed) each epoch end writes checkpoints
+    per_validation = val_pixels / step_pixels / 3 + (
+        EPOCH_END_SECONDS / step_seconds if step_seconds else 0)
     if budget.unit == "steps":
         total = int(budget.amount)
         why = f"--budget={budget}"
@@ -354,9 +358,6 @@ def schedule(plan, manifest, budget, step_seconds=None, seconds_left=None):
         total = int(budget.amount * per_pass)
         why = f"--budget={budget}: {per_pass} steps a pass over {train} training frames"
     else:
-        # a validation's forward pass is ~1/3 of a training step's work per pixel, and each
-        # epoch end writes checkpoints
-        per_validation = val_pixels / step_pixels / 3 + EPOCH_END_SECONDS / step_seconds
         validations = _validations(seconds_left / step_seconds, per_validation)
         eval_seconds = validations * per_validation * step_seconds
         total = int((seconds_left - eval_seconds) / step_seconds)
@@ -366,8 +367,7 @@ def schedule(plan, manifest, budget, step_seconds=None, seconds_left=None):
         why = (f"--budget={budget}: {seconds_left:.0f} s left after start-up at a measured "
                f"{step_seconds:.3f} s a step, less ~{eval_seconds:.0f} s of validation and "
                "checkpoints")
-    validations = _validations(total, val_pixels / step_pixels / 3 + (
-        EPOCH_END_SECONDS / step_seconds if step_seconds else 0))
+    validations = _validations(total, per_validation)
     steps = -(-total // validations)
     epochs = -(-total // steps)
     plan.set("steps_per_epoch", steps, f"{total} steps in all ({why}), validated "
