@@ -237,11 +237,10 @@ def _apply_plan_values(values):
             FLAGS[name].value = value
 
 
-def _make_plan(data_dir, model_dir, replicas):
+def _make_plan(manifest, model_dir, replicas):
     """--plan=auto: (plan, budget, machine) with the plan's values set on every flag not
     given; a run folder being resumed keeps the plan in its plan.json (plan None then).
     (None, None, None) with --plan=none or the built-in data."""
-    from segdata import records
     if FLAGS.plan == "none" or FLAGS.data_dir is None:
         if FLAGS.budget:
             raise ValueError(f"--budget={FLAGS.budget}: a budget is for --plan=auto with a "
@@ -260,7 +259,6 @@ def _make_plan(data_dir, model_dir, replicas):
              f"{stored['budget']})")
         return None, budget, None
     FLAGS.budget = str(budget)  # flags.txt says what the run was planned for
-    manifest = records.load_manifest(data_dir)
     machine = planning.Machine.detect(replicas)
     plan = planning.make_plan(manifest, machine, _given_flags())
     if budget.unit != "min":
@@ -317,10 +315,9 @@ def _write_flags(model_dir):
     os.replace(path + ".partial", path)
 
 
-def _check_data(data_dir, replicas):
-    """The manifest and steps per epoch, once the flags and records are known to fit."""
+def _check_data(data_dir, manifest, replicas):
+    """Steps per epoch, once the flags and records are known to fit."""
     from segdata import records
-    manifest = records.load_manifest(data_dir)
     if FLAGS.num_classes and FLAGS.num_classes != manifest["num_classes"]:
         raise ValueError(f"--num_classes={FLAGS.num_classes} but {data_dir}/manifest.json says "
                          f"{manifest['num_classes']}; drop the flag or re-prepare the data")
@@ -335,8 +332,7 @@ def _check_data(data_dir, replicas):
     elif FLAGS.verify_records:
         for split in ("train", "val", "test"):
             records.list_shards(data_dir, split, manifest, verify=True)
-    steps = FLAGS.steps_per_epoch or max(1, manifest["splits"]["train"]["count"] // FLAGS.batch_size)
-    return manifest, steps
+    return FLAGS.steps_per_epoch or max(1, manifest["splits"]["train"]["count"] // FLAGS.batch_size)
 
 
 def _input_spec(data_dir, manifest, model_options, channels):
@@ -398,11 +394,12 @@ def run():
     _apply_encoder_defaults()
     data_dir = FLAGS.data_dir or _synthetic_records()
     model_dir = FLAGS.model_dir or os.path.join(ROOT, "runs", FLAGS.model)
-    plan, budget, machine = _make_plan(data_dir, model_dir, strategy.num_replicas_in_sync)
+    manifest = records.load_manifest(data_dir)
+    plan, budget, machine = _make_plan(manifest, model_dir, strategy.num_replicas_in_sync)
     timed_budget = plan is not None and budget.unit == "min"
     if plan is not None and not timed_budget:
         _log_plan(plan, budget)
-    manifest, steps = _check_data(data_dir, strategy.num_replicas_in_sync)
+    steps = _check_data(data_dir, manifest, strategy.num_replicas_in_sync)
     model_options = segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict())
     # the model's input, decided once: pipeline, model, contract and serving read it
     spec = _input_spec(data_dir, manifest, model_options, FLAGS.channels)
@@ -444,12 +441,13 @@ def run():
     if FLAGS.augment_on == "device":
         preprocess = lambda batch: augment.augment_batch(  # noqa: E731
             batch["image"], batch["mask"], batch["seed"], config, mask_fill)
+    loss_fn = _loss_fn(manifest)
     if timed_budget:
         from segtrain import steptime
         step_s = steptime.seconds_per_step(
             strategy, lambda: segmodels.build_model(FLAGS.model, input_shape, num_classes,
                                                     **model_options),
-            _loss_fn(manifest), num_classes, ignore, lambda c: train_input(c, cache=False),
+            loss_fn, num_classes, ignore, lambda c: train_input(c, cache=False),
             preprocess)
         # the rest of the budget, less a tenth kept for the test split and the export; every
         # worker of a cluster plans with the slowest one's figures, so all run the same steps
@@ -516,7 +514,7 @@ def run():
 
     freeze = (model.get_layer("encoder"), FLAGS.freeze_encoder_epochs) \
         if FLAGS.freeze_encoder_epochs else None
-    trainer = loop.Trainer(strategy, model, optimizer, _loss_fn(manifest), num_classes, ignore,
+    trainer = loop.Trainer(strategy, model, optimizer, loss_fn, num_classes, ignore,
                            preprocess, FLAGS.jit_compile, FLAGS.steps_per_loop, freeze)
     sample = next(iter(pipeline.evaluation_dataset(data_dir, "val", spec, 4, **reading))) \
         if is_chief else None
