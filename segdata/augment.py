@@ -126,9 +126,32 @@ class Draw(NamedTuple):
     centre: Optional[tf.Tensor] = None
 
 
-def _uniform(seed, k, low, high):
-    return tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(seed, k),
-                                       low, high, dtype=tf.float32)
+# Every uniform value an example may draw has its place in the example's one vector of
+# uniforms (one random op, not one per value: the op-by-op draw was a tenth of a window's
+# cost on the host)
+(_FLIP_X, _FLIP_Y, _ZOOM, _SHEAR, _ROTATION, _CROP_KEEP, _CROP_X, _CROP_Y, _SHIFT_X, _SHIFT_Y,
+ _GAIN, _BIAS, _SATURATION, _HUE, _RESIZE_CROP_X, _RESIZE_CROP_Y, _SCALE, _FOREGROUND,
+ _FOREGROUND_CLASS, _FOREGROUND_PIXEL, _WINDOW_Y, _WINDOW_X, _UNIFORMS) = range(23)
+
+
+class Randoms(NamedTuple):
+    """The random numbers of one example, drawn from its seed by TensorFlow's stateless ops.
+
+    They are drawn op by op even where the rest of the draw runs XLA-compiled: XLA's random
+    ops give other numbers for the same seed, and the host (compiled) and the device (op by
+    op) must augment an example alike.
+    uniform: (_UNIFORMS,) U[0, 1), or None when not training (nothing random then).
+    displacement: (g, g, 2) elastic displacements; noise: (H, W, C) grey levels.
+    foreground: (centred, y, x) for a window centred on a foreground pixel (--crop_foreground).
+    """
+    uniform: Optional[tf.Tensor] = None
+    displacement: Optional[tf.Tensor] = None
+    noise: Optional[tf.Tensor] = None
+    foreground: Optional[tuple] = None
+
+
+def _between(uniform, k, low, high):
+    return low + uniform[k] * (high - low)
 
 
 def _matrix(rows):
@@ -143,16 +166,16 @@ def _scale(sx, sy):
     return _matrix([[sx, 0, 0], [0, sy, 0], [0, 0, 1]])
 
 
-def _window_offset(seed, k, scaled, out, centre, centred):
+def _window_offset(uniform, k, scaled, out, centre, centred):
     """Where a window of `out` pixels starts in a scaled side of `scaled` pixels: anywhere
     it overlaps the most frame (inside it, or holding all of it when the frame is smaller),
     or as near as that allows to centring on `centre` (scaled pixels)."""
     low, high = tf.minimum(0.0, scaled - out), tf.maximum(0.0, scaled - out)
-    anywhere = low + _uniform(seed, k, 0, 1) * (high - low)
+    anywhere = low + uniform[k] * (high - low)
     return tf.where(centred, tf.clip_by_value(centre - out / 2, low, high), anywhere)
 
 
-def foreground_pixel(mask, seed, ignore_label=255):
+def foreground_pixel(mask, uniform, ignore_label=255):
     """(found, y, x): a random pixel (float32 centre) of a class drawn uniformly among the
     foreground classes (not 0, not `ignore_label`) present in the (h, w, 1) mask."""
     labels = tf.cast(mask[..., 0], tf.int32)
@@ -162,18 +185,18 @@ def foreground_pixel(mask, seed, ignore_label=255):
     found = tf.size(classes) > 0
 
     def pick():
-        which = tf.cast(_uniform(seed, 111, 0, 1) * tf.cast(tf.size(classes), tf.float32),
+        which = tf.cast(uniform[_FOREGROUND_CLASS] * tf.cast(tf.size(classes), tf.float32),
                         tf.int32)
         pixels = tf.where(tf.equal(labels, classes[tf.minimum(which, tf.size(classes) - 1)]))
         count = tf.shape(pixels)[0]
-        index = tf.minimum(tf.cast(_uniform(seed, 112, 0, 1) * tf.cast(count, tf.float32),
+        index = tf.minimum(tf.cast(uniform[_FOREGROUND_PIXEL] * tf.cast(count, tf.float32),
                                    tf.int32), count - 1)
         return tf.cast(pixels[index], tf.float32) + 0.5
     y_x = tf.cond(found, pick, lambda: tf.zeros([2]))
     return found, y_x[0], y_x[1]
 
 
-def _scale_matrix(in_size, out_size, data_scale, config, seed, training, mask, ignore_label):
+def _scale_matrix(in_size, out_size, data_scale, config, uniform, training, foreground):
     in_h, in_w = tf.cast(in_size[0], tf.float32), tf.cast(in_size[1], tf.float32)
     out_h, out_w = float(out_size[0]), float(out_size[1])
     scale = tf.constant(data_scale, tf.float32)
@@ -182,35 +205,31 @@ def _scale_matrix(in_size, out_size, data_scale, config, seed, training, mask, i
         return _translate(-0.5, -0.5) @ _scale(1 / scale, 1 / scale) @ _translate(0.5, 0.5)
     low, high = config.scale
     if high > low:
-        scale = scale * tf.exp(_uniform(seed, 110, math.log(low), math.log(high)))
-    centred, cy, cx = tf.constant(False), 0.0, 0.0
-    if config.crop_foreground and mask is not None:
-        chosen = _uniform(seed, 113, 0, 1) < config.crop_foreground
-        centred, cy, cx = tf.cond(
-            chosen, lambda: foreground_pixel(mask, seed, ignore_label),
-            lambda: (tf.constant(False), tf.constant(0.0), tf.constant(0.0)))
-    oy = _window_offset(seed, 114, in_h * scale, out_h, cy * scale, centred)
-    ox = _window_offset(seed, 115, in_w * scale, out_w, cx * scale, centred)
+        scale = scale * tf.exp(_between(uniform, _SCALE, math.log(low), math.log(high)))
+    centred, cy, cx = foreground or (tf.constant(False), 0.0, 0.0)
+    oy = _window_offset(uniform, _WINDOW_Y, in_h * scale, out_h, cy * scale, centred)
+    ox = _window_offset(uniform, _WINDOW_X, in_w * scale, out_w, cx * scale, centred)
     # x_in = (x_out + 0.5 + ox) / scale - 0.5
     return _translate(-0.5, -0.5) @ _scale(1 / scale, 1 / scale) @ _translate(ox + 0.5, oy + 0.5)
 
 
-def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False,
-                  data_scale=1.0, config=None, mask=None, ignore_label=255):
+def resize_matrix(in_size, out_size, policy="stretch", uniform=None, training=False,
+                  data_scale=1.0, config=None, foreground=None):
     """Output pixel -> input pixel for the resize policy.
 
     stretch: fill the output, ignoring aspect ratio (the classic recipe).
     pad:     keep aspect, fit inside, pad the rest (fill value / mask_fill).
     crop:    keep aspect, cover the output, crop: random offset in training, centred otherwise.
     scale:   scale the frame by `data_scale`; training: times `config.scale`'s random factor,
-             then a window of the output size at random or (`config.crop_foreground`, from
-             `mask`) centred on a foreground pixel; otherwise the frame at the top left.
+             then a window of the output size at random or centred on `foreground`'s
+             pixel (Randoms.foreground); otherwise the frame at the top left.
+    `uniform`: the example's Randoms.uniform (training only).
     """
     if policy == SCALE:
         if not data_scale > 0:
             raise ValueError(f"--data_scale={data_scale}: must be > 0 (1 = native)")
-        return _scale_matrix(in_size, out_size, data_scale, config or AugmentConfig(), seed,
-                             training, mask, ignore_label)
+        return _scale_matrix(in_size, out_size, data_scale, config or AugmentConfig(), uniform,
+                             training, foreground)
     in_h, in_w = tf.cast(in_size[0], tf.float32), tf.cast(in_size[1], tf.float32)
     out_h, out_w = float(out_size[0]), float(out_size[1])
     if policy == "stretch":
@@ -222,7 +241,7 @@ def resize_matrix(in_size, out_size, policy="stretch", seed=None, training=False
     elif policy == "crop":
         s = tf.minimum(in_w / out_w, in_h / out_h)
         sx = sy = s
-        fx, fy = (_uniform(seed, 101, 0, 1), _uniform(seed, 102, 0, 1)) if training else (0.5, 0.5)
+        fx, fy = (uniform[_RESIZE_CROP_X], uniform[_RESIZE_CROP_Y]) if training else (0.5, 0.5)
         ox, oy = (in_w - out_w * s) * fx, (in_h - out_h * s) * fy
     else:
         raise ValueError(f"resize policy {policy!r}: expected one of {POLICIES}")
@@ -238,40 +257,45 @@ def after_prepared_resize(matrix, in_size, prepared_size):
     return resize_matrix(in_size, prepared_size) @ matrix
 
 
-def _flips(seed, config):
-    return (_uniform(seed, 1, 0, 1) < 0.5 if config.hflip else None,
-            _uniform(seed, 2, 0, 1) < 0.5 if config.vflip else None)
+def _flips(uniform, config):
+    return (uniform[_FLIP_X] < 0.5 if config.hflip else None,
+            uniform[_FLIP_Y] < 0.5 if config.vflip else None)
 
 
 def augmentation_matrix(seed, config, out_size):
     """Output pixel -> pre-augmentation output pixel; random flips/rotation/shear/zoom/shift/crop."""
+    return _augmentation_matrix(_uniforms(seed), config, out_size)
+
+
+def _augmentation_matrix(uniform, config, out_size):
     out_h, out_w = float(out_size[0]), float(out_size[1])
     centre = _translate((out_w - 1) / 2, (out_h - 1) / 2)
     uncentre = _translate(-(out_w - 1) / 2, -(out_h - 1) / 2)
     m = tf.eye(3)
-    flip_x, flip_y = _flips(seed, config)
+    between = lambda k, low, high: _between(uniform, k, low, high)  # noqa: E731
+    flip_x, flip_y = _flips(uniform, config)
     if flip_x is not None:
         m = _scale(tf.where(flip_x, -1.0, 1.0), 1.0) @ m
     if flip_y is not None:
         m = _scale(1.0, tf.where(flip_y, -1.0, 1.0)) @ m
     if config.zoom:
-        z = _uniform(seed, 3, 1 - config.zoom, 1 + config.zoom)
+        z = between(_ZOOM, 1 - config.zoom, 1 + config.zoom)
         m = _scale(1 / z, 1 / z) @ m
     if config.shear:
-        k = tf.tan(_uniform(seed, 4, -config.shear, config.shear) * (math.pi / 180))
+        k = tf.tan(between(_SHEAR, -config.shear, config.shear) * (math.pi / 180))
         m = _matrix([[1, k, 0], [0, 1, 0], [0, 0, 1]]) @ m
     if config.rotation:
-        a = _uniform(seed, 5, -config.rotation, config.rotation) * (math.pi / 180)
+        a = between(_ROTATION, -config.rotation, config.rotation) * (math.pi / 180)
         c, s = tf.cos(a), tf.sin(a)
         m = _matrix([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ m
     if config.crop:
-        keep = _uniform(seed, 6, 1 - config.crop, 1.0)
+        keep = between(_CROP_KEEP, 1 - config.crop, 1.0)
         slack = (1 - keep) / 2
-        m = _translate(_uniform(seed, 7, -slack, slack) * out_w,
-                       _uniform(seed, 8, -slack, slack) * out_h) @ _scale(keep, keep) @ m
+        m = _translate(between(_CROP_X, -slack, slack) * out_w,
+                       between(_CROP_Y, -slack, slack) * out_h) @ _scale(keep, keep) @ m
     if config.shift:
-        m = _translate(_uniform(seed, 9, -config.shift, config.shift) * out_w,
-                       _uniform(seed, 10, -config.shift, config.shift) * out_h) @ m
+        m = _translate(between(_SHIFT_X, -config.shift, config.shift) * out_w,
+                       between(_SHIFT_Y, -config.shift, config.shift) * out_h) @ m
     return centre @ m @ uncentre
 
 
@@ -281,41 +305,72 @@ def resamples(config, policy, training):
     return (training and config.warps) or policy != "stretch"
 
 
+def _uniforms(seed):
+    return tf.random.stateless_uniform([_UNIFORMS], tf.random.experimental.stateless_fold_in(seed, 0))
+
+
+def random_numbers(seed, config, out_size, channels, policy="stretch", training=True, mask=None,
+                   ignore_label=255):
+    """The Randoms of one example from its seed (int64 [2]): nothing when not training; the
+    foreground centre (the scale policy with config.crop_foreground) from its `mask`."""
+    config = config or AugmentConfig()
+    if not training:
+        return Randoms()
+    fold = lambda k: tf.random.experimental.stateless_fold_in(seed, k)  # noqa: E731
+    uniform = _uniforms(seed)
+    values = {"uniform": uniform}
+    if config.elastic_alpha:
+        values["displacement"] = tf.random.stateless_normal(
+            [config.elastic_grid, config.elastic_grid, 2], fold(26), stddev=config.elastic_alpha)
+    if config.noise:
+        values["noise"] = tf.random.stateless_normal(
+            [out_size[0], out_size[1], channels], fold(25), stddev=config.noise)
+    if policy == SCALE and config.crop_foreground and mask is not None:
+        values["foreground"] = tf.cond(
+            uniform[_FOREGROUND] < config.crop_foreground,
+            lambda: foreground_pixel(mask, uniform, ignore_label),
+            lambda: (tf.constant(False), tf.constant(0.0), tf.constant(0.0)))
+    return Randoms(**values)
+
+
 def draw(seed, config, in_size, out_size, channels, policy="stretch", training=True,
          data_scale=1.0, mask=None, ignore_label=255):
     """The Draw of one example: its seed (int64 [2]), its frame's size, the output size
     and channels (and for the scale policy the run's data_scale and the mask). Photometric and elastic
     draws only when training."""
+    return draw_from(random_numbers(seed, config, out_size, channels, policy, training, mask,
+                                    ignore_label),
+                     config, in_size, out_size, channels, policy, training, data_scale)
+
+
+def draw_from(randoms, config, in_size, out_size, channels, policy="stretch", training=True,
+              data_scale=1.0):
+    """`draw` from the example's Randoms: arithmetic only, so it compiles with the kernel."""
     config = config or AugmentConfig()
+    uniform = randoms.uniform
     flips = training and (config.hflip or config.vflip)
     values = {}
     if resamples(config, policy, training):
-        matrix = resize_matrix(in_size, out_size, policy, seed, training, data_scale, config,
-                               mask, ignore_label)
+        matrix = resize_matrix(in_size, out_size, policy, uniform, training, data_scale, config,
+                               randoms.foreground)
         if training and (config.warps or flips):
-            # flips fold into the one matrix; the same draws (fold_in keys) as _flips
-            matrix = matrix @ augmentation_matrix(seed, config, out_size)
+            # flips fold into the one matrix; the same uniforms as _flips
+            matrix = matrix @ _augmentation_matrix(uniform, config, out_size)
         values["matrix"] = matrix
     elif flips:
-        values["flip_x"], values["flip_y"] = _flips(seed, config)
+        values["flip_x"], values["flip_y"] = _flips(uniform, config)
     if not training:
         return Draw(**values)
-    if config.elastic_alpha:
-        values["displacement"] = tf.random.stateless_normal(
-            [config.elastic_grid, config.elastic_grid, 2],
-            tf.random.experimental.stateless_fold_in(seed, 26), stddev=config.elastic_alpha)
+    values["displacement"], values["noise"] = randoms.displacement, randoms.noise
     if config.contrast:
-        values["gain"] = _uniform(seed, 21, 1 - config.contrast, 1 + config.contrast)
+        values["gain"] = _between(uniform, _GAIN, 1 - config.contrast, 1 + config.contrast)
     if config.brightness:
-        values["bias"] = _uniform(seed, 22, -config.brightness, config.brightness) * 255
+        values["bias"] = _between(uniform, _BIAS, -config.brightness, config.brightness) * 255
     if config.saturation and channels == 3:
-        values["saturation"] = _uniform(seed, 23, 1 - config.saturation, 1 + config.saturation)
+        values["saturation"] = _between(uniform, _SATURATION, 1 - config.saturation,
+                                        1 + config.saturation)
     if config.hue and channels == 3:
-        values["hue"] = _uniform(seed, 24, -config.hue, config.hue)
-    if config.noise:
-        values["noise"] = tf.random.stateless_normal(
-            [out_size[0], out_size[1], channels],
-            tf.random.experimental.stateless_fold_in(seed, 25), stddev=config.noise)
+        values["hue"] = _between(uniform, _HUE, -config.hue, config.hue)
     return Draw(**values)
 
 
@@ -350,7 +405,7 @@ _PAD_TO = 64
 def _pad_for_kernel(x, pad_to=None):
     size = tf.shape(x)[:2]
     extra = tf.maximum(tf.constant(pad_to) - size, 0) if pad_to else -size % _PAD_TO
-    # tf.pad copies even when nothing is added
+    # tf.pad copies even when nothing is added, and costs more than this tf.cond
     return tf.cond(tf.reduce_any(extra > 0),
                    lambda: tf.pad(x, [[0, extra[0]], [0, extra[1]], [0, 0]]), lambda: x)
 
@@ -367,14 +422,15 @@ def blur_levels(shrink):
     return tf.cast(tf.clip_by_value(levels, 0, MAX_BLUR_LEVELS), tf.int32)
 
 
-def antialias(image, levels):
+def antialias(image, levels, size=None):
     """`levels` passes of the [1, 2, 1] / 4 filter along each axis, dilated 1, 2, 4, ...:
     the a-trous B-spline pyramid kept at full resolution, a centred low-pass ~2^(levels+1)
     pixels wide, so the resampling that follows reads the same coordinates, only from a
-    frame without the detail it cannot represent. Edges repeat their pixel."""
+    frame without the detail it cannot represent. Edges repeat their pixel: the frame's
+    own, at `size` (h, w) when the array is padded past it."""
     def smooth(x, step, axis):
-        length = tf.shape(x)[axis]
-        index = tf.range(length)
+        index = tf.range(tf.shape(x)[axis])
+        length = tf.shape(x)[axis] if size is None else size[axis]  # past it: padding, unread
         before = tf.gather(x, tf.maximum(index - step, 0), axis=axis)
         after = tf.gather(x, tf.minimum(index + step, length - 1), axis=axis)
         return (before + 2 * x + after) / 4
@@ -418,14 +474,67 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     config = config or AugmentConfig()
     out_size = tuple(int(v) for v in out_size)
     in_size = tf.shape(image)[:2]
-    d = draw(seed, config, prepared_size or in_size, out_size, image.shape[-1], policy, training,
-             data_scale, mask, ignore_label)
+    randoms = random_numbers(seed, config, out_size, image.shape[-1], policy, training, mask,
+                             ignore_label)
+    settings = dict(out_size=out_size, config=config, policy=policy, training=training,
+                    data_scale=data_scale, prepared_size=prepared_size, mask_fill=mask_fill)
+    if config.xla and resamples(config, policy, training):
+        image, mask = _resample_compiled(_pad_for_kernel(image, pad_to), _pad_for_kernel(mask, pad_to),
+                                         in_size, randoms, **settings)
+        if channels == 3 and image.shape[-1] == 1:
+            image = kernels.gray_to_rgb(image[None])[0]
+    else:
+        image, mask = _augment_op_by_op(image, mask, in_size, randoms, channels=channels,
+                                        **settings)
+    return (tf.ensure_shape(image, [out_size[0], out_size[1], None]),
+            tf.ensure_shape(mask, [out_size[0], out_size[1], 1]))
+
+
+def _draw_for_frame(image, in_size, randoms, out_size, config, policy, training, data_scale,
+                    prepared_size):
+    """The example's Draw with prepare's resize folded in and the contrast centre set; the
+    image may be padded past `in_size` (with zeros, which add nothing to its sum)."""
+    d = draw_from(randoms, config, prepared_size or in_size, out_size, image.shape[-1], policy,
+                  training, data_scale)
     if d.matrix is not None:
         # (a plain stretch of a stretch is one stretch: nothing to fold in then)
         d = d._replace(matrix=after_prepared_resize(d.matrix, in_size, prepared_size))
     if d.gain is not None:
         # contrast centres on the frame's mean: a warp's fill pixels do not pull it down
-        d = d._replace(centre=kernels.frame_mean(image[None])[0])
+        d = d._replace(centre=kernels.frame_mean(image[None], in_size[None])[0])
+    return d
+
+
+def _resample(image, mask, in_size, randoms, out_size, config, policy, training, data_scale,
+              prepared_size, mask_fill):
+    """Draw, antialias and resample one example (padded to the kernel's canvas) in ONE
+    XLA computation: op by op, the draw's few dozen scalar ops cost a window more than its
+    pixels did (BENCHMARKS.md §12.2)."""
+    d = _draw_for_frame(image, in_size, randoms, out_size, config, policy, training, data_scale,
+                        prepared_size)
+    levels = blur_levels(shrink_factor(d.matrix))
+    image = tf.cond(levels > 0, lambda: antialias(image, levels, in_size), lambda: image)
+    image, mask = kernels.warp_for_xla(image[None], mask[None], in_size[None], _batched(d),
+                                       out_size, config.fill_mode, mask_fill)
+    return image[0], mask[0]
+
+
+# One compile per (padded input shape, settings); no AutoGraph: no tensor-dependent Python
+# control flow to convert
+_resample_compiled = tf.function(_resample, jit_compile=True, autograph=False)
+
+
+def xla_traces():
+    """How many times the host's XLA computations were traced (each trace is one compile)."""
+    return _resample_compiled.experimental_get_tracing_count() + kernels.xla_traces()
+
+
+def _augment_op_by_op(image, mask, in_size, randoms, out_size, config, policy, training,
+                      data_scale, prepared_size, mask_fill, channels):
+    """Everything but the compiled resampling: plain stretches and flips (the XLA kernel or
+    tf.image.resize) and, with config.xla off, the reference kernel."""
+    d = _draw_for_frame(image, in_size, randoms, out_size, config, policy, training, data_scale,
+                        prepared_size)
     if d.matrix is None:
         # plain stretch: resize only when the size differs (pre-resized records skip it)
         same = tf.reduce_all(tf.equal(in_size, out_size))
@@ -438,15 +547,12 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
         image = tf.cond(levels > 0, lambda: antialias(image, levels), lambda: image)
     if _does_something(d):
         kernel = kernels.xla if config.xla else kernels.reference
-        if config.xla and d.matrix is not None:
-            image, mask = _pad_for_kernel(image, pad_to), _pad_for_kernel(mask, pad_to)
         image, mask = kernel(image[None], mask[None], in_size[None], _batched(d), out_size,
                              config.fill_mode, mask_fill, channels)
         image, mask = image[0], mask[0]
     if channels == 3 and image.shape[-1] == 1:  # no kernel ran: nothing else to do
         image = tf.tile(image, [1, 1, 3])
-    return (tf.ensure_shape(image, [out_size[0], out_size[1], None]),
-            tf.ensure_shape(mask, [out_size[0], out_size[1], 1]))
+    return image, mask
 
 
 def augment_batch(images, masks, seeds, config, mask_fill=255):

@@ -104,15 +104,18 @@ def round_half_away(v):
     return tf.cast(tf.sign(v) * tf.floor(tf.abs(v) + 0.5), tf.int32)
 
 
-def frame_mean(images):
+def frame_mean(images, sizes=None):
     """(B,) mean pixel of each (B, h, w, c) frame; exact for integer pixels (int32 per row,
-    exact below 8M values a row, then int64 over the rows)."""
+    exact below 8M values a row, then int64 over the rows). `sizes` (B, 2): each frame's
+    true size in an array zero-padded past it."""
     if images.dtype.is_integer:
         rows = tf.reduce_sum(tf.cast(images, tf.int32), [2, 3])
         total = tf.cast(tf.reduce_sum(tf.cast(rows, tf.int64), 1), tf.float32)
     else:
         total = tf.reduce_sum(images, [1, 2, 3])
-    return total / tf.cast(tf.reduce_prod(tf.shape(images)[1:]), tf.float32)
+    if sizes is None:
+        return total / tf.cast(tf.reduce_prod(tf.shape(images)[1:]), tf.float32)
+    return total / tf.cast(tf.reduce_prod(sizes, 1) * images.shape[-1], tf.float32)
 
 
 def _saturated(rgb, factor):
@@ -298,8 +301,9 @@ def _flips_by_branch(images, masks, draw, channels):
                                   branch(False, True), branch(True, True)])
 
 
-def _xla(images, masks, sizes, draw, out_size, fill_mode="constant", mask_fill=255,
-         channels=None):
+def warp_for_xla(images, masks, sizes, draw, out_size, fill_mode="constant", mask_fill=255,
+                 channels=None):
+    """The XLA kernel, not compiled: for a caller that compiles more around it (the draw)."""
     if images.shape[0] != 1:
         raise ValueError(f"kernels.xla takes one example at a time, got a batch of "
                          f"{images.shape[0]}; use kernels.reference for batches")
@@ -336,11 +340,11 @@ def _xla(images, masks, sizes, draw, out_size, fill_mode="constant", mask_fill=2
 # One compile per (padded input shape, out_size, fill mode, set of draws); the host pads
 # frames to buckets so that datasets of many sizes compile a few times. No AutoGraph: the
 # kernels have no tensor-dependent Python control flow to convert.
-_compiled = tf.function(_xla, jit_compile=True, autograph=False)
+_compiled = tf.function(warp_for_xla, jit_compile=True, autograph=False)
 # Its own cluster: fused into the resampling one, a gray -> RGB expansion made XLA compute
 # the resampling once per output channel
-_expand = tf.function(lambda images: _with_channels(images, 3), jit_compile=True,
-                      autograph=False)
+gray_to_rgb = tf.function(lambda images: _with_channels(images, 3), jit_compile=True,
+                          autograph=False)
 
 
 def xla(images, masks, sizes, draw, out_size, fill_mode="constant", mask_fill=255,
@@ -349,7 +353,7 @@ def xla(images, masks, sizes, draw, out_size, fill_mode="constant", mask_fill=25
     images, masks = _compiled(images, masks, sizes, draw, out_size, fill_mode, mask_fill,
                               None if resampled else channels)
     if resampled and channels == 3 and images.shape[-1] == 1:
-        images = _expand(images)
+        images = gray_to_rgb(images)
     return images, masks
 
 

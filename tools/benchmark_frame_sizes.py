@@ -34,7 +34,7 @@ flags.DEFINE_bool("child", False, "Internal: measure in this process.")
 flags.DEFINE_bool("json", False, "Print one JSON object.")
 
 # logged by TensorFlow for every XLA compilation (TF_CPP_VMODULE below)
-_COMPILED = re.compile(r"Compiled __inference__xla_\d+ \d+ times")
+_COMPILED = re.compile(r"Compiled __inference__(xla|resample)_\d+ \d+ times")
 
 
 def _records():
