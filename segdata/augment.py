@@ -127,8 +127,7 @@ class Draw(NamedTuple):
 
 
 # Every uniform value an example may draw has its place in the example's one vector of
-# uniforms (one random op, not one per value: the op-by-op draw was a tenth of a window's
-# cost on the host)
+# uniforms: one random op per example, not one per value
 (_FLIP_X, _FLIP_Y, _ZOOM, _SHEAR, _ROTATION, _CROP_KEEP, _CROP_X, _CROP_Y, _SHIFT_X, _SHIFT_Y,
  _GAIN, _BIAS, _SATURATION, _HUE, _RESIZE_CROP_X, _RESIZE_CROP_Y, _SCALE, _FOREGROUND,
  _FOREGROUND_CLASS, _FOREGROUND_PIXEL, _WINDOW_Y, _WINDOW_X, _UNIFORMS) = range(23)
@@ -306,7 +305,8 @@ def resamples(config, policy, training):
 
 
 def _uniforms(seed):
-    return tf.random.stateless_uniform([_UNIFORMS], tf.random.experimental.stateless_fold_in(seed, 0))
+    return tf.random.stateless_uniform([_UNIFORMS],
+                                       tf.random.experimental.stateless_fold_in(seed, 0))
 
 
 def random_numbers(seed, config, out_size, channels, policy="stretch", training=True, mask=None,
@@ -479,8 +479,9 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     settings = dict(out_size=out_size, config=config, policy=policy, training=training,
                     data_scale=data_scale, prepared_size=prepared_size, mask_fill=mask_fill)
     if config.xla and resamples(config, policy, training):
-        image, mask = _resample_compiled(_pad_for_kernel(image, pad_to), _pad_for_kernel(mask, pad_to),
-                                         in_size, randoms, **settings)
+        image, mask = _resample_compiled(_pad_for_kernel(image, pad_to),
+                                         _pad_for_kernel(mask, pad_to), in_size, randoms,
+                                         **settings)
         if channels == 3 and image.shape[-1] == 1:
             image = kernels.gray_to_rgb(image[None])[0]
     else:
@@ -508,8 +509,8 @@ def _draw_for_frame(image, in_size, randoms, out_size, config, policy, training,
 def _resample(image, mask, in_size, randoms, out_size, config, policy, training, data_scale,
               prepared_size, mask_fill):
     """Draw, antialias and resample one example (padded to the kernel's canvas) in ONE
-    XLA computation: op by op, the draw's few dozen scalar ops cost a window more than its
-    pixels did (BENCHMARKS.md §12.2)."""
+    XLA computation: op by op, the draw's few dozen scalar ops and the blur were over a
+    quarter of a window's augmentation time on the host (BENCHMARKS.md §12.2)."""
     d = _draw_for_frame(image, in_size, randoms, out_size, config, policy, training, data_scale,
                         prepared_size)
     levels = blur_levels(shrink_factor(d.matrix))
