@@ -115,8 +115,11 @@ def check_run(run_dir, stdout, schedule, kept=None, replicas=1, precision="float
     served = tf.saved_model.load(str(run_dir / "export")).signatures["serving_default"]
     masks = served(images=tf.constant(images))["mask"].numpy()[..., 0]
     assert masks.shape == (2, 32, 32)
-    # both compute in the run's precision; bf16 rounding can flip pixels at the boundary
-    decided = np.abs(logits[..., 0]) > (0.05 if precision != "float32" else 0)
+    # both compute in the run's precision, in other op orders: half-precision rounding is
+    # relative to the values (bfloat16: 8 bits), and was seen to move a logit by 1.6% of the
+    # largest, which can flip pixels near the boundary
+    margin = 0.03 * np.abs(logits[..., 0]).max() if precision != "float32" else 0
+    decided = np.abs(logits[..., 0]) > margin
     np.testing.assert_array_equal(masks[decided], (logits[..., 0] > 0)[decided])
     assert decided.mean() > 0.9
 
