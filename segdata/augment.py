@@ -479,9 +479,11 @@ def augment_example(image, mask, seed, out_size, config=None, policy="stretch", 
     settings = dict(out_size=out_size, config=config, policy=policy, training=training,
                     data_scale=data_scale, prepared_size=prepared_size, mask_fill=mask_fill)
     if config.xla and resamples(config, policy, training):
+        # the config goes in as its values: tf.function tells objects apart by identity, so
+        # every equal AugmentConfig would trace (and compile) again
         image, mask = _resample_compiled(_pad_for_kernel(image, pad_to),
                                          _pad_for_kernel(mask, pad_to), in_size, randoms,
-                                         **settings)
+                                         **dict(settings, config=_as_values(config)))
         if channels == 3 and image.shape[-1] == 1:
             image = kernels.gray_to_rgb(image[None])[0]
     else:
@@ -506,11 +508,17 @@ def _draw_for_frame(image, in_size, randoms, out_size, config, policy, training,
     return d
 
 
+def _as_values(config):
+    return tuple(sorted(dataclasses.asdict(config).items()))
+
+
 def _resample(image, mask, in_size, randoms, out_size, config, policy, training, data_scale,
               prepared_size, mask_fill):
     """Draw, antialias and resample one example (padded to the kernel's canvas) in ONE
     XLA computation: op by op, the draw's few dozen scalar ops and the blur were over a
-    quarter of a window's augmentation time on the host (BENCHMARKS.md §12.2)."""
+    quarter of a window's augmentation time on the host (BENCHMARKS.md §12.2).
+    `config`: an AugmentConfig's values (_as_values)."""
+    config = AugmentConfig(**dict(config))
     d = _draw_for_frame(image, in_size, randoms, out_size, config, policy, training, data_scale,
                         prepared_size)
     levels = blur_levels(shrink_factor(d.matrix))

@@ -308,11 +308,12 @@ def test_host_and_device_agree_on_a_batch(elastic_alpha):
 
 def test_frames_of_many_sizes_share_one_compiled_kernel():
     """Inputs are padded to multiples of 64, so frames of different sizes within one bucket
-    reuse one traced (and XLA-compiled) kernel; a bigger frame adds one more."""
-    config = augment.AugmentConfig(rotation=10, contrast=0.1, fill_mode="reflect")
+    reuse one traced (and XLA-compiled) kernel, and so do equal configs; a bigger frame
+    adds one more."""
     run = lambda h, w: augment.augment_example(  # noqa: E731
         tf.zeros([h, w, 1], tf.uint8), tf.zeros([h, w, 1], tf.uint8),
-        tf.constant([0, h * w], tf.int64), (24, 24), config)
+        tf.constant([0, h * w], tf.int64), (24, 24),
+        augment.AugmentConfig(rotation=10, contrast=0.1, fill_mode="reflect"))
     run(33, 47)
     before = augment.xla_traces()
     for h, w in ((37, 45), (64, 64), (50, 61)):
