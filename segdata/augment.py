@@ -442,6 +442,12 @@ def antialias(image, levels, size=None):
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), image.dtype)
 
 
+def _antialiased_for(image, matrix, size=None):
+    """The image blurred as much as `matrix` (output -> input) shrinks it, if at all."""
+    levels = blur_levels(shrink_factor(matrix))
+    return tf.cond(levels > 0, lambda: antialias(image, levels, size), lambda: image)
+
+
 def _resize_plain(image, mask, out_size):
     """The plain stretch (no matrix): tf.image.resize, antialiased past ANTIALIAS_ABOVE."""
     in_size = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -521,8 +527,7 @@ def _resample(image, mask, in_size, randoms, out_size, config, policy, training,
     config = AugmentConfig(**dict(config))
     d = _draw_for_frame(image, in_size, randoms, out_size, config, policy, training, data_scale,
                         prepared_size)
-    levels = blur_levels(shrink_factor(d.matrix))
-    image = tf.cond(levels > 0, lambda: antialias(image, levels, in_size), lambda: image)
+    image = _antialiased_for(image, d.matrix, in_size)
     image, mask = kernels.warp_for_xla(image[None], mask[None], in_size[None], _batched(d),
                                        out_size, config.fill_mode, mask_fill)
     return image[0], mask[0]
@@ -552,8 +557,7 @@ def _augment_op_by_op(image, mask, in_size, randoms, out_size, config, policy, t
         image = tf.ensure_shape(image, [out_size[0], out_size[1], None])
         in_size = tf.constant(out_size)
     else:
-        levels = blur_levels(shrink_factor(d.matrix))
-        image = tf.cond(levels > 0, lambda: antialias(image, levels), lambda: image)
+        image = _antialiased_for(image, d.matrix)
     if _does_something(d):
         kernel = kernels.xla if config.xla else kernels.reference
         image, mask = kernel(image[None], mask[None], in_size[None], _batched(d), out_size,

@@ -21,8 +21,9 @@ contrast, saturation, hue and noise, and the round to uint8.
   displacement (which the op cannot take), bilinear reads by gather_nd.
 - `xla`: one XLA-compiled function of flat scalar gathers, which XLA fuses into one loop
   over the output pixels that computes each source coordinate once for every image
-  channel and the mask, in bands of output rows (_in_bands); the host pipeline runs it,
-  one example at a time.
+  channel and the mask, in bands of output rows (_in_bands); one example at a time. The
+  host pipeline compiles its body (`warp_for_xla`) together with the example's draw and
+  antialiasing (augment._resample); `xla` compiles it alone.
 Tests hold the two against each other and against ImageProjectiveTransformV3.
 """
 import numpy as np

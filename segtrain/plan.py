@@ -197,20 +197,21 @@ def make_plan(manifest, machine, given=None):
     # -- input: whole frames when they fit, windows at native scale otherwise ------------
     one_size = fingerprint["distinct_sizes"] == 1
     side_cap = WHOLE_FRAME_SIDE[kind]
+    frames_fit = one_size and max(median) <= side_cap
     if "train_crop" in given:
         mode = "windows"
     elif "image_size" in given or "resize" in given:
         mode = "whole"
     else:
-        mode = "whole" if one_size and max(median) <= side_cap and not rare else "windows"
+        mode = "whole" if frames_fit and not rare else "windows"
     if mode == "whole":
         planned = median
         target = _parse_size(given["image_size"]) if "image_size" in given else planned
     else:
         # frames that would fit whole are cut in half-side windows when a class is rare:
         # a third of them centred on foreground see the rare class more often
-        halve = rare and one_size and max(median) <= side_cap
-        planned = tuple(min(WINDOW_SIDE[kind], s // 2 if halve else s) for s in median)
+        planned = tuple(min(WINDOW_SIDE[kind], s // 2 if rare and frames_fit else s)
+                        for s in median)
         target = _parse_size(given["train_crop"], "train_crop") if "train_crop" in given \
             else planned
     depth = max(2, min(MAX_DEPTH[kind], int(math.log2(max(32, min(target)) / 8))))
