@@ -37,14 +37,51 @@ def load_palette(path):
     return palette
 
 
-DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I")  # 16-bit (or 32-bit integer) gray
+# Pillow decodes a 16-bit colour frame (PNG, TIFF) to the upper byte of each value, silently:
+# 12-bit values 0..4095 became 0..15. Its unpacker for the other byte order reads the other
+# byte, so a second decode with the order swapped gives the lower bytes.
+_SWAPPED = {";16B": ";16L", ";16L": ";16B"}
+
+
+def _rawmode(tile):
+    return tile.args if isinstance(tile.args, str) else tile.args[0]
+
+
+def _sixteen_bit_colour(image):
+    """The raw mode of an opened, not yet decoded 16-bit colour frame; None for others."""
+    if image.mode not in ("RGB", "RGBA") or not image.tile:
+        return None
+    rawmode = _rawmode(image.tile[0])
+    return rawmode if ";16" in rawmode else None
+
+
+def _lower_bytes(data, rawmode, path):
+    with Image.open(io.BytesIO(data)) as image:
+        swapped = []
+        for tile in image.tile:
+            tile_mode = _rawmode(tile)
+            order = tile_mode[tile_mode.index(";16"):][:4]
+            if order not in _SWAPPED:
+                raise _BadFile(f"{path}: a 16-bit {rawmode} frame, which cannot be read at full "
+                               "depth; save it as a 16-bit gray or RGB PNG")
+            mode = tile_mode.replace(order, _SWAPPED[order])
+            args = mode if isinstance(tile.args, str) else (mode, *tile.args[1:])
+            swapped.append(tile._replace(args=args))
+        image.tile = swapped
+        try:
+            image.load()
+        except ValueError:  # no unpacker for that raw mode (16-bit gray with alpha)
+            raise _BadFile(f"{path}: a 16-bit {rawmode} frame, which cannot be read at full "
+                           "depth; save it as a 16-bit gray or RGB PNG (no alpha)") from None
+        return np.asarray(image)
 
 
 def _deep_gray(image, path):
-    """A 16-bit (or 32-bit integer) grey frame as uint16, at full depth."""
+    """A 16-bit (or 32-bit integer) gray frame as uint16, at full depth."""
     array = np.asarray(image)
     if array.size and (array.min() < 0 or array.max() > 65535):
-        raise ValueError(f"{path}: grey values {int(array.min())}..{int(array.max())} do not fit "
+        raise ValueError(f"{path}: gray values {int(array.min())}..{int(array.max())} do not fit "
                          "16 bits; store the frame as 8- or 16-bit")
     return array.astype(np.uint16)
 
@@ -59,40 +96,45 @@ def _gray_or_rgb(image):
 
 def read_frame(path):
     """An image file as uint8 (h, w, 1) or (h, w, 3), converted as prepare converts frames,
-    or uint16 (h, w, 1) for a 16-bit grey frame (the model's input contract maps it);
+    or uint16 (h, w, 1 or 3) for a 16-bit frame (the model's input contract maps it);
     ValueError naming the file when it cannot be read (missing, truncated, not an image)."""
     try:
-        _, image = _read_image(path)
+        _, image, colour = _read_image(path)
     except _BadFile as err:
         raise ValueError(str(err))
+    if colour is not None:
+        return colour
     if image.mode in DEEP_MODES:
         return _deep_gray(image, path)[..., None]
     array = np.asarray(_gray_or_rgb(image))
     return array[..., None] if array.ndim == 2 else array
 
 
-def _deep_payload(image, resize, path):
+def _deep_payload(array, keep, resize):
     """A 16-bit frame: (16-bit PNG bytes or None to keep the file, its intensity sample)."""
-    array = _deep_gray(image, path)
-    keep = resize is None and (image.format or "").upper() == "PNG" and image.mode == "I;16"
     if resize is not None:
-        resized = Image.fromarray(array.astype(np.float32), "F").resize(
-            (resize[1], resize[0]), Image.BILINEAR)
-        array = np.clip(np.round(np.asarray(resized)), 0, 65535).astype(np.uint16)
+        channels = array[..., None] if array.ndim == 2 else array
+        array = np.stack([np.asarray(Image.fromarray(channels[..., c].astype(np.float32), "F")
+                                     .resize((resize[1], resize[0]), Image.BILINEAR))
+                          for c in range(channels.shape[-1])], -1)
+        array = np.clip(np.round(array), 0, 65535).astype(np.uint16)
     if keep:
         return None, intensity.sample(array)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, "PNG")
-    return buffer.getvalue(), intensity.sample(array)
+    return png.encode_16_bit(array), intensity.sample(array)
 
 
-def _frame_payload(image, resize, path):
+def _frame_payload(image, colour, resize, path):
     """Returns (bytes, format, channels, bits, intensity sample or None). Bytes are None when
     the file is kept as it is (TF can decode it): the shard writer reads it then, from the
     page cache, because pickling every frame back through the pool cost more than decoding
-    it."""
+    it. `colour`: a 16-bit colour frame's full-depth pixels (_read_image)."""
+    png_file = resize is None and (image.format or "").upper() == "PNG"
+    if colour is not None:  # alpha dropped as for 8-bit frames; TF decodes RGB PNGs as kept
+        payload, values = _deep_payload(colour, png_file and image.mode == "RGB", resize)
+        return payload, "png", 3, 16, values
     if image.mode in DEEP_MODES:
-        payload, values = _deep_payload(image, resize, path)
+        payload, values = _deep_payload(_deep_gray(image, path), png_file and image.mode == "I;16",
+                                        resize)
         return payload, "png", 1, 16, values
     fmt = (image.format or "").upper()
     keep = resize is None and fmt in ("PNG", "JPEG") and image.mode in ("L", "RGB")
@@ -175,7 +217,7 @@ def frame_bits(path):
     None for a file the full check will report."""
     try:
         with Image.open(path) as image:
-            return 16 if image.mode in DEEP_MODES else 8
+            return 16 if image.mode in DEEP_MODES or _sixteen_bit_colour(image) else 8
     except Exception:  # noqa: BLE001  check_pair names the file and the problem
         return None
 
@@ -214,27 +256,33 @@ class _BadFile(Exception):
 
 
 def _read_image(path):
-    """(bytes, fully decoded PIL image), or _BadFile whose message names the file."""
+    """(bytes, fully decoded PIL image, uint16 (h, w, 3) pixels of a 16-bit colour frame or
+    None), or _BadFile whose message names the file."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
         if not data:
             raise _BadFile(f"{path}: empty file")
         with Image.open(io.BytesIO(data)) as image:
+            rawmode = _sixteen_bit_colour(image)
             image.load()  # decodes every pixel: catches truncated files, not just bad headers
     except _BadFile:
         raise
     except Exception as err:  # noqa: BLE001  a decoder can raise anything on hostile bytes
         raise _BadFile(f"{path}: unreadable or truncated image ({type(err).__name__}: {err})")
-    return data, image
+    colour = None
+    if rawmode is not None:
+        upper = np.asarray(image)[..., :3].astype(np.uint16)
+        colour = (upper << 8) | _lower_bytes(data, rawmode, path)[..., :3]
+    return data, image, colour
 
 
 def check_pair(pair, options):
     """pair: (id, frame_path, mask_path, split). Returns a result dict or {"error": ...}."""
     example_id, frame_path, mask_path, split = pair
     try:
-        _, frame = _read_image(frame_path)  # kept frames are re-read by the shard writer
-        mask_data, mask_image = _read_image(mask_path)
+        _, frame, colour = _read_image(frame_path)  # kept frames: re-read by the shard writer
+        mask_data, mask_image, _ = _read_image(mask_path)
     except _BadFile as err:
         return {"error": str(err), "id": example_id}
     if frame.size != mask_image.size:
@@ -257,7 +305,7 @@ def check_pair(pair, options):
                     "id": example_id}
     try:
         image_bytes, image_format, channels, bits, values = _frame_payload(
-            frame, options["resize"], frame_path)
+            frame, colour, options["resize"], frame_path)
     except (OSError, ValueError) as err:
         return {"error": f"{frame_path}: cannot convert ({err})", "id": example_id}
     if changed or options["resize"] is not None or (mask_image.format or "").upper() != "PNG":

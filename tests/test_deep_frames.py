@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from harness import tool, train
-from segdata import pipeline, records, serving, spec, synthetic
+from segdata import pipeline, records, serving, spec, synthetic, validate
 
 
 def _deepen(root, low=100, step=16, hot_pixels=True):
@@ -114,4 +114,68 @@ def test_mixed_bit_depths_are_refused_in_one_line(tmp_path):
     line = [line for line in result.stderr.splitlines() if "one bit depth" in line]
     assert len(line) == 1 and name in line[0]  # the odd one out: 5 of the 6 are 8-bit
     assert "16-bit, but most frames are 8-bit" in line[0]
+    assert not out.exists()
+
+
+def _write_16_bit_colour(files, alpha_every=4):
+    """Rewrites the synthetic frames as 16-bit colour PNGs (TensorFlow's encoder, not the
+    code under test): channel c is 100 + 50 c + 16 v, 12-bit-like values; every
+    `alpha_every`-th frame gets an alpha channel. Returns {name: uint16 RGB pixels}."""
+    written = {}
+    for index, name in enumerate(sorted(os.listdir(os.path.join(files, "frames")))):
+        path = os.path.join(files, "frames", name)
+        gray = np.asarray(Image.open(path).convert("L"), np.uint16)[..., None]
+        rgb = 100 + np.array([0, 50, 100], np.uint16) + gray * 16
+        pixels = rgb
+        if index % alpha_every == 0:
+            pixels = np.concatenate([rgb, np.full_like(gray, 65535)], -1)
+        with open(path, "wb") as handle:
+            handle.write(tf.io.encode_png(tf.constant(pixels)).numpy())
+        written[os.path.splitext(name)[0].split("_")[-1]] = rgb
+    return written
+
+
+def test_16_bit_colour_frames_keep_their_depth_in_records_and_serving(tmp_path):
+    """Pillow reads a 16-bit RGB PNG as its upper bytes: 12-bit values became 0..16."""
+    files = synthetic.generate(str(tmp_path / "files"), count=12, size=(24, 24))
+    written = _write_16_bit_colour(files)
+    out = str(tmp_path / "records")
+    tool("prepare_dataset.py", f"--input={files}", f"--output={out}", "--split=50,50,0")
+    manifest = records.load_manifest(out)
+    rule = manifest["intensity"]
+    every = np.concatenate([rgb.ravel() for rgb in written.values()])
+    assert abs(rule["low"] - np.percentile(every, 0.5)) <= 3 * 16
+    assert abs(rule["high"] - np.percentile(every, 99.5)) <= 3 * 16
+    assert manifest["channels"] == 3
+    input_spec = spec.InputSpec.for_records(out, (24, 24))
+    seen = []
+    for split in ("train", "val"):
+        batch = next(iter(pipeline.evaluation_dataset(out, split, input_spec, 100,
+                                                      with_ids=True)))
+        for image, example_id in zip(batch["image"].numpy(), batch["id"].numpy()):
+            np.testing.assert_array_equal(image, _expected(written[example_id.decode()], rule))
+            seen.append(example_id.decode())
+    assert sorted(seen) == sorted(written)  # RGBA frames too: alpha dropped, depth kept
+    assert len(np.unique(batch["image"].numpy())) > 100
+    # what predict and evaluate read from the file, mapped by serving, is the pipeline's input
+    name = sorted(os.listdir(os.path.join(files, "frames")))[0]  # one with alpha
+    frame = validate.read_frame(os.path.join(files, "frames", name))
+    model_input, _, _ = serving.to_model_input(tf.constant(frame), input_spec)
+    np.testing.assert_array_equal(model_input.numpy(), _expected(written["000"], rule))
+
+
+def test_a_16_bit_gray_frame_with_alpha_is_refused_in_one_line(tmp_path):
+    files = synthetic.generate(str(tmp_path / "files"), count=4, size=(16, 16))
+    _deepen(files, hot_pixels=False)
+    name = sorted(os.listdir(os.path.join(files, "frames")))[1]
+    path = os.path.join(files, "frames", name)
+    gray = np.asarray(Image.open(path), np.uint16)[..., None]
+    with open(path, "wb") as handle:
+        handle.write(tf.io.encode_png(np.concatenate([gray, np.full_like(gray, 65535)], -1))
+                     .numpy())
+    out = tmp_path / "records"
+    result = tool("prepare_dataset.py", f"--input={files}", f"--output={out}", check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    line = [line for line in result.stderr.splitlines() if name in line]
+    assert len(line) == 1 and "16-bit" in line[0] and "no alpha" in line[0], result.stderr
     assert not out.exists()
