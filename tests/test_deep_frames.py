@@ -3,6 +3,7 @@ input by one dataset rule, the same in the pipeline, serving, predict and the Sa
 import dataclasses
 import os
 import shutil
+import struct
 
 import numpy as np
 import pytest
@@ -179,3 +180,29 @@ def test_a_16_bit_gray_frame_with_alpha_is_refused_in_one_line(tmp_path):
     line = [line for line in result.stderr.splitlines() if name in line]
     assert len(line) == 1 and "16-bit" in line[0] and "no alpha" in line[0], result.stderr
     assert not out.exists()
+
+
+def _tiff_16_bit_rgb(pixels, order):
+    """An uncompressed 16-bit RGB TIFF in either byte order (no writer here makes one)."""
+    height, width, _ = pixels.shape
+    data = pixels.astype(order + "u2").tobytes()
+    bits_offset = 8 + 2 + 12 * 10 + 4
+    tags = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, bits_offset), (259, 3, 1, 1),
+            (262, 3, 1, 2), (273, 4, 1, bits_offset + 6), (277, 3, 1, 3), (278, 3, 1, height),
+            (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    out = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "IH", 8, len(tags))
+    for tag, kind, count, value in tags:
+        short = kind == 3 and count == 1
+        out += struct.pack(order + ("HHIHH" if short else "HHII"), tag, kind, count, value,
+                           *([0] if short else []))
+    return out + struct.pack(order + "IHHH", 0, 16, 16, 16) + data
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_16_bit_rgb_tiff_is_read_at_full_depth(tmp_path, order):
+    pixels = np.random.default_rng(0).integers(0, 65536, (5, 7, 3)).astype(np.uint16)
+    path = tmp_path / "frame.tif"
+    path.write_bytes(_tiff_16_bit_rgb(pixels, order))
+    frame = validate.read_frame(str(path))
+    assert frame.dtype == np.uint16
+    np.testing.assert_array_equal(frame, pixels)
