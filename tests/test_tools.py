@@ -290,6 +290,14 @@ def test_benchmark_train_cpu_json(tmp_path):
     import segmodels
     model = segmodels.build_model("unet", (32, 32, 1), 2, base_filters=4, depth=2)
     assert result["parameters"] == model.count_params()
+    # built for any size, as --train_crop builds it: the same network, the same work per image
+    tool("benchmark_train.py", "--image_size=32", "--base_filters=4", "--depth=2",
+         "--batch_size=2", "--steps=2", "--warmup=1", "--channels=1", f"--output={out}",
+         "--mode=train", "--any_size")
+    (any_size,) = json.loads(out.read_text())["results"]
+    assert any_size["any_size"] and not result["any_size"]
+    assert any_size["parameters"] == result["parameters"]
+    assert any_size["tflop_per_image"] == result["tflop_per_image"] > 0
 
 
 @pytest.mark.benchmark

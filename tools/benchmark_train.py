@@ -43,6 +43,8 @@ flags.DEFINE_enum("strategy", "default", ["default", "one_device", "mirrored"],
                   "it). mirrored uses all GPUs, or --logical_cpus CPU devices; over logical CPUs "
                   "use --jit=off (XLA then fails: variables live on another device).")
 flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N devices for --strategy=mirrored.")
+flags.DEFINE_bool("any_size", False, "Build the model for any input size, (None, None, C), "
+                  "as --train_crop builds it; timed at --image_size.")
 flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 flags.DEFINE_string("output", "", "Also write the JSON here.")
 
@@ -130,8 +132,9 @@ def run_case(precision, source, jit, mode, image_size):
     keras.utils.set_random_seed(0)
     options = segmodels.model_options(FLAGS.model, FLAGS.flag_values_dict())
     shape = image_size + (FLAGS.channels,)
+    built_for = (None, None, FLAGS.channels) if FLAGS.any_size else shape
     with _strategy_scope():
-        model = segmodels.build_model(FLAGS.model, shape, FLAGS.num_classes, **options)
+        model = segmodels.build_model(FLAGS.model, built_for, FLAGS.num_classes, **options)
         model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=segmodels.build_loss("dice"),
                       jit_compile=jit)
     rng = np.random.default_rng(0)
@@ -155,11 +158,14 @@ def run_case(precision, source, jit, mode, image_size):
     else:
         step = lambda: _sync(model.predict_on_batch(next_batch()[0]))  # noqa: E731
     total, times = _time(step, FLAGS.steps, FLAGS.warmup)
-    flops = conv_flops(model) * (3 if mode == "train" else 1)
+    # counted on a fixed-size twin: an any-size model's layers have no spatial shape
+    sized = segmodels.build_model(FLAGS.model, shape, FLAGS.num_classes, **options) \
+        if FLAGS.any_size else model
+    flops = conv_flops(sized) * (3 if mode == "train" else 1)
     images_per_s = batch * FLAGS.steps / total
     keras.mixed_precision.set_dtype_policy("float32")
     return dict(model=FLAGS.model, encoder=FLAGS.encoder, parameters=model.count_params(),
-                image_size=list(image_size), batch_size=batch,
+                image_size=list(image_size), any_size=FLAGS.any_size, batch_size=batch,
                 precision=precision, input=source, xla=jit, mode=mode, strategy=FLAGS.strategy,
                 images_per_s=images_per_s, tflop_per_image=flops / 1e12,
                 achieved_tflops=images_per_s * flops / 1e12, **_percentiles(times))
@@ -201,7 +207,8 @@ def main(argv):
         print(json.dumps(report))
         return 0
     print(f"backend={report['backend']} gpu={report['gpu']} model={FLAGS.model} "
-          f"encoder={FLAGS.encoder} parameters={results[0]['parameters']:,}")
+          f"encoder={FLAGS.encoder} parameters={results[0]['parameters']:,} "
+          f"built_for={'any size' if FLAGS.any_size else 'image_size'}")
     print(f"{'precision':16} {'input':10} {'xla':5} {'mode':6} {'img/s':>9} {'p50 ms':>8} "
           f"{'p90 ms':>8} {'TFLOP/s':>8}")
     for r in results:
