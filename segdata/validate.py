@@ -255,16 +255,17 @@ class _BadFile(Exception):
     pass
 
 
-def _read_image(path):
+def _read_image(path, frame=True):
     """(bytes, fully decoded PIL image, uint16 (h, w, 3) pixels of a 16-bit colour frame or
-    None), or _BadFile whose message names the file."""
+    None), or _BadFile whose message names the file. Masks (frame=False) are read as
+    Pillow reads them: their values are class labels or palette colours, not intensities."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
         if not data:
             raise _BadFile(f"{path}: empty file")
         with Image.open(io.BytesIO(data)) as image:
-            rawmode = _sixteen_bit_colour(image)
+            rawmode = _sixteen_bit_colour(image) if frame else None
             image.load()  # decodes every pixel: catches truncated files, not just bad headers
     except _BadFile:
         raise
@@ -282,7 +283,7 @@ def check_pair(pair, options):
     example_id, frame_path, mask_path, split = pair
     try:
         _, frame, colour = _read_image(frame_path)  # kept frames: re-read by the shard writer
-        mask_data, mask_image, _ = _read_image(mask_path)
+        mask_data, mask_image, _ = _read_image(mask_path, frame=False)
     except _BadFile as err:
         return {"error": str(err), "id": example_id}
     if frame.size != mask_image.size:
