@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from harness import tool, train
-from segdata import pipeline, records, serving, spec, synthetic, validate
+from segdata import inference, pipeline, records, serving, spec, synthetic, validate
 
 
 def _deepen(root, low=100, step=16, hot_pixels=True):
@@ -163,6 +163,19 @@ def test_16_bit_colour_frames_keep_their_depth_in_records_and_serving(tmp_path):
     frame = validate.read_frame(os.path.join(files, "frames", name))
     model_input, _, _ = serving.to_model_input(tf.constant(frame), input_spec)
     np.testing.assert_array_equal(model_input.numpy(), _expected(written["000"], rule))
+    # through train.py: the SavedModel takes the raw 16-bit RGB frame, as predict reads the file
+    run_dir = tmp_path / "run"
+    train(out, run_dir, "--epochs=1", "--steps_per_epoch=2", "--image_size=24")
+    served = tf.saved_model.load(str(run_dir / "export"))
+    outputs = served.signatures["serving_default"](images=tf.constant(written["000"][None]))
+    model = inference.load_keras(str(run_dir / "model.keras"))
+    np.testing.assert_allclose(outputs["logits"].numpy()[0], np.asarray(
+        model(_expected(written["000"], rule)[None]), np.float32)[0], rtol=1e-5, atol=1e-5)
+    mask = outputs["mask"]
+    tool("predict.py", f"--model={run_dir}/model.keras",
+         f"--input={os.path.join(files, 'frames', name)}", f"--output={tmp_path / 'predicted'}")
+    predicted = np.asarray(Image.open(tmp_path / "predicted" / "frame_000_mask.png"))
+    np.testing.assert_array_equal(predicted, mask.numpy()[0, ..., 0])
 
 
 def test_a_16_bit_gray_frame_with_alpha_is_refused_in_one_line(tmp_path):
