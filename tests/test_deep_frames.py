@@ -178,6 +178,31 @@ def test_16_bit_colour_frames_keep_their_depth_in_records_and_serving(tmp_path):
     np.testing.assert_array_equal(predicted, mask.numpy()[0, ..., 0])
 
 
+def test_16_bit_colour_frames_resized_by_prepare_keep_their_depth(tmp_path):
+    """prepare --resize on 16-bit RGB(A) frames: each channel resized at full depth; a ramp
+    stays a ramp (against tf.image.resize with antialias, up to the filters' difference)."""
+    files = synthetic.generate(str(tmp_path / "files"), count=4, size=(32, 32))
+    ramp = (np.arange(32, dtype=np.uint16) * 120 + 100)[None, :, None]
+    rgb = np.broadcast_to(ramp + np.array([0, 7, 13], np.uint16), (32, 32, 3))
+    for index, name in enumerate(sorted(os.listdir(os.path.join(files, "frames")))):
+        alpha = np.full((32, 32, 1), 9, np.uint16)
+        pixels = rgb if index % 2 else np.concatenate([rgb, alpha], -1)
+        with open(os.path.join(files, "frames", name), "wb") as handle:
+            handle.write(tf.io.encode_png(tf.constant(pixels)).numpy())
+    out = str(tmp_path / "records")
+    tool("prepare_dataset.py", f"--input={files}", f"--output={out}", "--resize=16,16",
+         "--split=100,0,0")
+    shards = tf.data.TFRecordDataset(records.list_shards(out, "train"), compression_type=(
+        records.compression_of(records.load_manifest(out))))
+    stored = [np.asarray(tf.io.decode_png(records.parse_raw(serialized)["image_bytes"],
+                                          dtype=tf.uint16)) for serialized in shards]
+    expected = tf.image.resize(rgb.astype(np.float32), (16, 16), antialias=True).numpy()
+    assert len(stored) == 4
+    for image in stored:
+        assert image.shape == (16, 16, 3)
+        np.testing.assert_allclose(image, expected, atol=0.02 * 3820)
+
+
 def test_a_16_bit_gray_frame_with_alpha_is_refused_in_one_line(tmp_path):
     files = synthetic.generate(str(tmp_path / "files"), count=4, size=(16, 16))
     _deepen(files, hot_pixels=False)
