@@ -5,18 +5,22 @@
 # the median.
 #   bash tools/membrane_baseline.sh [WORK_DIR] [SEED ...]      (default seeds: 1 2 3)
 #   RECIPE=recipes/membrane_crop.flags bash tools/membrane_baseline.sh ...   (another recipe)
+#   SPLIT=80,10,10 bash tools/membrane_baseline.sh ...   (another split; the test split's 3
+#   frames stay the same while its share is 10%: the split cuts one seeded permutation)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/segflow_membrane}
 shift || true
 seeds=${*:-1 2 3}
 recipe=${RECIPE:-recipes/membrane.flags}
+split=${SPLIT:-70,20,10}
 # The recipe's 10 minutes assume a CPU with bfloat16 hardware (BENCHMARKS.md §4, §10): say so
 # now rather than in a log read hours later
 TF_CPP_MIN_LOG_LEVEL=2 python -c 'import sys; from segtrain import distribute
 w = distribute.slow_precision_warning(sys.argv[1]); w and print("warning:", w)' \
   "$(sed -n 's/^--mixed_precision=//p' "$recipe")"
-python tools/prepare_dataset.py --input=../shared/data/membrane --output="$work/records" --overwrite
+python tools/prepare_dataset.py --input=../shared/data/membrane --output="$work/records" \
+  --split="$split" --overwrite
 for seed in $seeds; do
   rm -rf "$work/run_$seed"
   start=$(date +%s)
