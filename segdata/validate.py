@@ -56,22 +56,24 @@ def _sixteen_bit_colour(image):
     return rawmode if ";16" in rawmode else None
 
 
+def _in_other_byte_order(tile):
+    """The tile decoded by the unpacker for the other byte order; ValueError when the raw
+    mode has no such twin (native order)."""
+    mode = _rawmode(tile)
+    order = mode[mode.index(";16"):][:4]
+    if order not in _SWAPPED:
+        raise ValueError(f"no byte-order twin for raw mode {mode}")
+    mode = mode.replace(order, _SWAPPED[order])
+    return tile._replace(args=mode if isinstance(tile.args, str) else (mode, *tile.args[1:]))
+
+
 def _lower_bytes(data, rawmode, path):
+    """The lower byte of each value of a 16-bit colour frame (Pillow's decode gives the upper)."""
     with Image.open(io.BytesIO(data)) as image:
-        swapped = []
-        for tile in image.tile:
-            tile_mode = _rawmode(tile)
-            order = tile_mode[tile_mode.index(";16"):][:4]
-            if order not in _SWAPPED:
-                raise _BadFile(f"{path}: a 16-bit {rawmode} frame, which cannot be read at full "
-                               "depth; save it as a 16-bit gray or RGB PNG")
-            mode = tile_mode.replace(order, _SWAPPED[order])
-            args = mode if isinstance(tile.args, str) else (mode, *tile.args[1:])
-            swapped.append(tile._replace(args=args))
-        image.tile = swapped
         try:
-            image.load()
-        except ValueError:  # no unpacker for that raw mode (16-bit gray with alpha)
+            image.tile = [_in_other_byte_order(tile) for tile in image.tile]
+            image.load()  # ValueError: no unpacker for the twin (16-bit gray with alpha)
+        except ValueError:
             raise _BadFile(f"{path}: a 16-bit {rawmode} frame, which cannot be read at full "
                            "depth; save it as a 16-bit gray or RGB PNG (no alpha)") from None
         return np.asarray(image)
