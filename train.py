@@ -485,6 +485,8 @@ def run():
     os.makedirs(model_dir, exist_ok=True)
     if is_chief:
         _write_flags(model_dir)
+        # with or without an export: evaluate and predict read it next to best.keras too
+        spec.save(model_dir)
         if plan is not None:
             planning.write(plan, model_dir, budget, machine)
     start_epoch = backup.latest_epoch()
@@ -549,7 +551,6 @@ def run():
          f"{[round(v, 4) for v in test['per_class_dice']]} mean_iou={test['mean_iou']:.4f} "
          f"pixel_accuracy={test['pixel_accuracy']:.4f}")
     if FLAGS.export:
-        # the contract travels with the model: predict, evaluate and the SavedModel read it
         # statistics of a global batch are a training matter, and a TensorFlow-only option
         # that other Keras backends refuse to load
         segmodels.layers.synchronize_batch_norm(model, False)
@@ -560,7 +561,6 @@ def run():
             served.set_weights(model.get_weights())
             model = served
         model.save(os.path.join(model_dir, "model.keras"))
-        spec.save(model_dir)  # the model's input contract
         export.export_saved_model(model, os.path.join(model_dir, "export"), spec)
         _log(f"saved {model_dir}/model.keras, {serving.FILENAME} and {model_dir}/export/ "
              "(SavedModel)")

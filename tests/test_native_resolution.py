@@ -238,6 +238,19 @@ def test_crop_training_scores_are_what_the_export_gives(many_sizes_records, tmp_
             assert json.load(handle)["confusion_matrix"] == expected, (exported, extra)
 
 
+def test_a_run_without_export_scores_its_best_checkpoint(many_sizes_records, tmp_path):
+    """--noexport still writes the input contract: evaluate.py scores the any-size
+    best.keras on whole frames as the loop did (metrics.json's test confusion matrix)."""
+    run_dir = tmp_path / "run"
+    train(many_sizes_records, str(run_dir), *CROP, "--noexport", base=TINY_WINDOWS)
+    assert not (run_dir / "model.keras").exists()
+    expected = json.loads((run_dir / "metrics.json").read_text())["confusion_matrix"]
+    result_path = tmp_path / "eval.json"
+    tool("evaluate.py", f"--model={run_dir / 'best.keras'}", f"--data_dir={many_sizes_records}",
+         "--split=test", f"--output={result_path}")
+    assert json.loads(result_path.read_text())["confusion_matrix"] == expected
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--aug_scale=0.5,2"], "--aug_scale: only with --train_crop"),
     (["--train_crop=32", "--image_size=32"], "--image_size and --train_crop"),
