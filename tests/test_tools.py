@@ -368,3 +368,43 @@ def test_benchmark_warp_prints_every_row_once_with_a_median():
             assert f"{channels}ch elastic + affine, kernels.{kernel}" in names
     assert names.index("1ch affine, ImageProjectiveTransformV3 x2") < names.index(
         "3ch affine, ImageProjectiveTransformV3 x2")
+
+
+def test_mask_alignment_finds_labels_drawn_beside_the_lines(tmp_path):
+    """Dark lines labelled one pixel up and right of where they are: the labels moved by
+    (1, -1) sit exactly on the lines; a model that marks the dark pixels agrees with the
+    labels only when its prediction is moved by (-1, 1)."""
+    from segdata import spec
+    data = tmp_path / "data"
+    frames, masks = data / "frames", data / "masks"
+    frames.mkdir(parents=True)
+    masks.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        lines = np.zeros((40, 40), bool)
+        lines[rng.choice(np.arange(6, 33, 4), 2, replace=False)] = True
+        lines[:, rng.choice(np.arange(6, 33, 4), 2, replace=False)] = True
+        Image.fromarray(np.where(lines, 40, 200).astype(np.uint8)).save(frames / f"frame_{i}.png")
+        labels = np.roll(lines, (-1, 1), (0, 1))  # lines are class 0, as membranes
+        Image.fromarray(np.where(labels, 0, 255).astype(np.uint8)).save(masks / f"mask_{i}.png")
+    records_dir = tmp_path / "records"
+    tool("prepare_dataset.py", f"--input={data}", f"--output={records_dir}")
+    # dark (< half of 255) -> class 0
+    inputs = keras.Input((None, None, 1))
+    logits = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(10 / 255),
+                                 bias_initializer=keras.initializers.Constant(-5))(inputs)
+    run = tmp_path / "run"
+    run.mkdir()
+    keras.Model(inputs, logits).save(run / "model.keras")
+    spec.InputSpec.for_records(str(records_dir), (40, 40)).save(str(run))
+    out = tool("mask_alignment.py", f"--data_dir={records_dir}", "--class_id=0",
+               f"--model={run / 'model.keras'}").stdout
+    rows = {line[:14].strip(): line[14:].split() for line in out.splitlines()[1:10]}
+    assert float(rows["(1, -1)"][0]) == 40.0  # every moved label on a line
+    assert min(float(row[0]) for shift, row in rows.items() if shift != "(1, -1)") > 40.0
+    assert float(rows["(-1, 1)"][1]) == 1.0
+    assert max(float(row[1]) for shift, row in rows.items() if shift != "(-1, 1)") < 0.75
+    assert "darkest: (1, -1)" in out and "model best at (-1, 1)" in out
+    bad = tool("mask_alignment.py", f"--data_dir={records_dir}", "--class_id=2", check=False)
+    assert bad.returncode == 1 and "--class_id=2: the records have 2 classes" in bad.stderr
+    assert "Traceback" not in bad.stderr
