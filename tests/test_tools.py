@@ -21,7 +21,8 @@ def trained_run(binary_records, tmp_path_factory):
     return run
 
 
-def _numpy_scores(model, examples, size):
+def _numpy_scores(model, examples, size, region=None):
+    """region: optional (H, W) bool array; only its pixels are scored."""
     import tensorflow as tf
     cm = np.zeros((2, 2))
     for example in examples:
@@ -30,7 +31,8 @@ def _numpy_scores(model, examples, size):
         image = np.clip(np.round(image.numpy()), 0, 255).astype("uint8")
         mask = tf.image.resize(example["mask"], size, method="nearest").numpy()[..., 0]
         pred = (np.asarray(model(image[None]))[0, ..., 0] > 0).astype(int)
-        np.add.at(cm, (mask.ravel(), pred.ravel()), 1)
+        inside = np.ones(mask.shape, bool) if region is None else region
+        np.add.at(cm, (mask[inside], pred[inside]), 1)
     tp = np.diag(cm)
     return 2 * tp / (cm.sum(0) + cm.sum(1)), tp / (cm.sum(0) + cm.sum(1) - tp), cm
 
@@ -38,13 +40,21 @@ def _numpy_scores(model, examples, size):
 def test_evaluate_matches_independent_confusion(trained_run, binary_records, tmp_path):
     out = tmp_path / "eval.json"
     tool("evaluate.py", f"--model={trained_run / 'model.keras'}", f"--data_dir={binary_records}",
-         "--split=test", f"--output={out}")
+         "--split=test", "--edge_px=3", f"--output={out}")
     scores = json.loads(out.read_text())
     model = keras.saving.load_model(str(trained_run / "model.keras"))
     dice, iou, cm = _numpy_scores(model, records.read_split(binary_records, "test"), (32, 32))
     np.testing.assert_allclose(scores["confusion_matrix"], cm)
     np.testing.assert_allclose(scores["per_class_dice"], dice, rtol=1e-5)
     np.testing.assert_allclose(scores["mean_iou"], iou.mean(), rtol=1e-5)
+    # the 3-pixel band along the 32x32 frame's edges and the rest, each scored apart
+    interior = np.zeros((32, 32), bool)
+    interior[3:-3, 3:-3] = True
+    for name, region in (("edge", ~interior), ("interior", interior)):
+        dice, _, counts = _numpy_scores(model, records.read_split(binary_records, "test"),
+                                        (32, 32), region)
+        np.testing.assert_allclose(scores[name]["confusion_matrix"], counts, err_msg=name)
+        np.testing.assert_allclose(scores[name]["per_class_dice"], dice, rtol=1e-5, err_msg=name)
     png = Image.open(tmp_path / "eval.png")
     assert png.size == (1100, 450)
     # at the original resolution (64x64): every original pixel is scored

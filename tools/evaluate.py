@@ -31,14 +31,18 @@ flags.DEFINE_enum("tta", "none", ["none", "hflip", "hvflip"], "Test-time flips."
 flags.DEFINE_integer("batch_size", 8, "Windows per model call (--tile).", lower_bound=1)
 flags.DEFINE_string("resize", "", "Only checked: the model's contract says how it resizes.")
 flags.DEFINE_string("image_size", "", "Only checked: the model's contract says its size.")
+flags.DEFINE_integer("edge_px", 0, "Also score the band of this many pixels along each "
+                     "frame's edges and the rest apart (JSON keys 'edge', 'interior'): what "
+                     "the convolutions' zero padding costs where a frame ends.", lower_bound=0)
 flags.DEFINE_string("output", "", "JSON path; default next to the model: eval_<split>.json.")
 flags.DEFINE_string("figure", "", "PNG path; default the JSON path with .png.")
 flags.mark_flags_as_required(["model", "data_dir"])
 
 
 def evaluate(predictor, data_dir, split, original_size, tile=None, overlap=0.25, tta="none",
-             batch_size=8):
-    """Returns the scores dict; the confusion matrix accumulates over the whole split."""
+             batch_size=8, edge_px=0):
+    """Returns the scores dict; the confusion matrix accumulates over the whole split.
+    edge_px > 0 adds the scores of each frame's edge band and of its interior."""
     import numpy as np
     import tensorflow as tf
 
@@ -53,6 +57,7 @@ def evaluate(predictor, data_dir, split, original_size, tile=None, overlap=0.25,
         raise ValueError("--tile needs --original_size: windows are cut from the original pixels")
     num_classes, ignore = contract.num_classes, contract.ignore_label
     cm = np.zeros((num_classes, num_classes), np.int64)
+    regions = {"edge": cm.copy(), "interior": cm.copy()}
     for example in records.iter_split(data_dir, split):
         image, mask = tf.constant(example["image"]), tf.constant(example["mask"])
         if original_size:
@@ -63,7 +68,24 @@ def evaluate(predictor, data_dir, split, original_size, tile=None, overlap=0.25,
             logits = serving.flip_averaged(
                 lambda x: tf.cast(predictor.model_fn(x[None]), tf.float32)[0], model_input, tta)
         cm += np.asarray(metrics.confusion_matrix(truth[None], logits[None], num_classes, ignore))
-    scores = {k: np.asarray(v).tolist() for k, v in metrics.scores(cm.astype(np.float32)).items()}
+        if edge_px:
+            height, width = truth.shape[:2]
+            rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
+            edge = ((rows < edge_px) | (rows >= height - edge_px)
+                    | (cols < edge_px) | (cols >= width - edge_px))[..., None]
+            for name, inside in (("edge", edge), ("interior", ~edge)):
+                regions[name] += np.asarray(metrics.confusion_matrix(
+                    tf.where(inside, truth, tf.cast(ignore, truth.dtype))[None], logits[None],
+                    num_classes, ignore))
+
+    def scores_of(counts):
+        return {k: np.asarray(v).tolist()
+                for k, v in metrics.scores(counts.astype(np.float32)).items()}
+    scores = scores_of(cm)
+    if edge_px:
+        scores.update(edge_px=edge_px, **{name: dict(scores_of(counts),
+                                                     confusion_matrix=counts.tolist())
+                                          for name, counts in regions.items()})
     scores.update(confusion_matrix=cm.tolist(), split=split, original_size=original_size,
                   tile=tile, tile_overlap=overlap if tile else None, tta=tta,
                   class_names=list(contract.class_names or [str(i) for i in range(num_classes)]))
@@ -114,7 +136,8 @@ def main(argv):
         predictor.contract.check(resize=FLAGS.resize, image_size=cli.parse_image_size(
             FLAGS.image_size) if FLAGS.image_size else None)
         scores = evaluate(predictor, FLAGS.data_dir, FLAGS.split, FLAGS.original_size,
-                          cli.parse_tile(FLAGS.tile), FLAGS.tile_overlap, FLAGS.tta, FLAGS.batch_size)
+                          cli.parse_tile(FLAGS.tile), FLAGS.tile_overlap, FLAGS.tta, FLAGS.batch_size,
+                          FLAGS.edge_px)
     except ValueError as err:
         sys.stderr.write(f"evaluate: error: {err}\n")
         return 1
@@ -126,6 +149,11 @@ def main(argv):
     print(f"{FLAGS.split}: dice={scores['dice']:.4f} mean_iou={scores['mean_iou']:.4f} "
           f"pixel_accuracy={scores['pixel_accuracy']:.4f} per_class_dice="
           f"{[round(v, 4) for v in scores['per_class_dice']]} -> {output}")
+    for name in ("edge", "interior") if FLAGS.edge_px else ():
+        part = scores[name]
+        print(f"  {name} ({FLAGS.edge_px} px band{'' if name == 'edge' else ' left out'}): "
+              f"dice={part['dice']:.4f} mean_iou={part['mean_iou']:.4f} per_class_dice="
+              f"{[round(v, 4) for v in part['per_class_dice']]}")
     return 0
 
 
