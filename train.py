@@ -82,9 +82,6 @@ flags.DEFINE_float("progress_interval_s", 30.0, "Seconds between plain progress 
 flags.DEFINE_enum("lr_schedule", "constant", optim.SCHEDULES, "LR schedule.")
 flags.DEFINE_float("warmup_epochs", 0.0, "Linear warm-up from 0 to --learning_rate (any schedule).")
 flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (adamw only).")
-flags.DEFINE_float("ema_momentum", 0.0, "0: off. Else validation, best.keras, the test "
-                   "split and the export use an exponential moving average of the weights "
-                   "(Keras's use_ema), updated every step with this momentum, e.g. 0.99.")
 flags.DEFINE_enum("class_weights", "none", ["none", "manifest", "manifest_sqrt"], "manifest: "
                   "median-frequency weights from the manifest's per-class pixel counts; "
                   "manifest_sqrt: their square roots, a milder balance.")
@@ -191,8 +188,7 @@ SYNTHETIC_DEFAULTS = {
 
 # A backup holds these flags' model and optimizer: resuming with other values cannot work.
 RESUME_FLAGS = ("model", "encoder", "image_size", "data_scale", "channels", "base_filters", "depth",
-                "batch_norm", "fc_filters", "aspp_filters", "optimizer", "freeze_encoder_epochs",
-                "ema_momentum")
+                "batch_norm", "fc_filters", "aspp_filters", "optimizer", "freeze_encoder_epochs")
 # These fix a warm-up or decaying schedule's shape and length when a run starts: resuming
 # with other values would jump the learning rate (a cosine run extended from 2 to 4 epochs
 # would leap from ~0 back to half its peak).
@@ -477,8 +473,7 @@ def run():
         late = model.get_layer("encoder").trainable_weights if FLAGS.freeze_encoder_epochs else ()
         optimizer = optim.build_optimizer(FLAGS.optimizer, rate, FLAGS.weight_decay,
                                           loss_scale=precision == "mixed_float16",
-                                          fresh_start_variables=late,
-                                          ema_momentum=FLAGS.ema_momentum)
+                                          fresh_start_variables=late)
         optimizer.build(model.trainable_variables)
 
     backup_dir = os.path.join(model_dir, "backup")

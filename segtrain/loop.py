@@ -31,7 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 from segmodels import metrics as seg_metrics
-from segtrain import collapse, optim
+from segtrain import collapse
 from segtrain import progress as seg_progress
 
 
@@ -258,8 +258,6 @@ class Trainer:
             bar.finish()
             logs = {"loss": loss_sum / steps_per_epoch}
             logs.update({k: v for k, v in scores(cm).items() if not k.startswith("per_class")})
-            # validation, early stopping and best.keras see the averaged weights (--ema_momentum)
-            averaged = optim.swap_averaged_weights(self.optimizer, self.strategy)
             val = self.evaluate(val_dataset)
             watchdog.beat()
             logs.update({f"val_{k}": v for k, v in val.items()
@@ -270,8 +268,6 @@ class Trainer:
             logs["iterations"] = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
             logs["epoch_seconds"] = time.time() - started
             callbacks.on_epoch_end(epoch, logs)
-            if averaged:
-                optim.swap_averaged_weights(self.optimizer, self.strategy)
             history.append(logs)
             log("epoch %d/%d: %s" % (epoch + 1, epochs, ", ".join(
                 f"{k}={v}" if isinstance(v, int) else f"{k}={v:.4g}" for k, v in logs.items())))
@@ -284,8 +280,6 @@ class Trainer:
             backup.save(epoch + 1, callbacks, finished=stop)
             if stop:
                 break
-        # the model leaves training with the weights its validation scored
-        optim.swap_averaged_weights(self.optimizer, self.strategy)
         callbacks.on_train_end()
         return {"history": history, "start_epoch": start_epoch}
 

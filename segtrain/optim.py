@@ -1,6 +1,5 @@
 """Optimizers and learning-rate schedules from flag values."""
 import keras
-import tensorflow as tf
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 SCHEDULES = ("constant", "cosine", "polynomial")
@@ -47,71 +46,33 @@ def learning_rate(peak, schedule, total_steps, warmup_steps=0):
     return Warmup(rate, warmup_steps, peak) if warmup_steps else rate
 
 
-def build_optimizer(name, rate, weight_decay=1e-4, loss_scale=False, fresh_start_variables=(),
-                    ema_momentum=0.0):
+def build_optimizer(name, rate, weight_decay=1e-4, loss_scale=False, fresh_start_variables=()):
     """loss_scale: wrap in Keras's LossScaleOptimizer (dynamic loss scaling, for float16).
     fresh_start_variables: variables whose optimizer state starts at their first update
-    (an encoder frozen for the first epochs; see FreshStartOptimizer).
-    ema_momentum: > 0 keeps Keras's exponential moving average of the trainable weights
-    (use_ema), which swap_averaged_weights puts into the model."""
-    if not 0 <= ema_momentum < 1:
-        raise ValueError(f"--ema_momentum={ema_momentum}: must be 0 (off) or in (0, 1), "
-                         "e.g. 0.99 (an average over the last ~100 steps)")
-    optimizer = _single_optimizer(name, rate, weight_decay, ema_momentum)
+    (an encoder frozen for the first epochs; see FreshStartOptimizer)."""
+    optimizer = _single_optimizer(name, rate, weight_decay)
     if fresh_start_variables:
         # the second follows the first's learning rate at the first's step (evaluated when it
         # applies, before the first does); given at construction: replacing a built
         # optimizer's learning-rate variable leaves a list checkpoints refuse to save
         main = optimizer
-        late = _single_optimizer(name, lambda: main.learning_rate, weight_decay, ema_momentum)
+        late = _single_optimizer(name, lambda: main.learning_rate, weight_decay)
         optimizer = FreshStartOptimizer(main, late, fresh_start_variables)
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scale else optimizer
 
 
-def _single_optimizer(name, rate, weight_decay, ema_momentum=0.0):
-    ema = dict(use_ema=True, ema_momentum=ema_momentum) if ema_momentum else {}
+def _single_optimizer(name, rate, weight_decay):
     if name == "adam":
-        optimizer = keras.optimizers.Adam(rate, **ema)
+        optimizer = keras.optimizers.Adam(rate)
     elif name == "adamw":
-        optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay, **ema)
+        optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay)
     elif name == "sgd":
-        optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True, **ema)
+        optimizer = keras.optimizers.SGD(rate, momentum=0.9, nesterov=True)
     elif name == "rmsprop":
-        optimizer = keras.optimizers.RMSprop(rate, **ema)
+        optimizer = keras.optimizers.RMSprop(rate)
     else:
         raise ValueError(f"--optimizer={name!r}: expected one of {OPTIMIZERS}")
     return optimizer
-
-
-def swap_averaged_weights(optimizer, strategy):
-    """Swaps the weights of the model `optimizer` trains with its moving averages
-    (build_optimizer's ema_momentum): a second call swaps them back. False, and nothing
-    done, when it keeps no averages.
-
-    Keras's own swap (keras.callbacks.SwapEMAWeights) hooks into model.fit; this loop
-    calls it around validation and the checkpoints instead. It reads the same private
-    lists that callback reads: the optimizer's variables and their averages, in one order.
-    """
-    base = getattr(optimizer, "inner_optimizer", optimizer)
-    parts = (base.main, base.late) if isinstance(base, FreshStartOptimizer) else (base,)
-    if not all(getattr(part, "use_ema", False) for part in parts):
-        return False
-    for part in parts:
-        if int(part.iterations.numpy()) == 0:
-            continue  # averages start at the first update (an encoder still frozen)
-        for variable, average in zip(part._trainable_variables,
-                                     part._model_variables_moving_average):
-            if average is None:
-                continue
-            # per replica (MirroredVariable components), no new variable
-            strategy.extended.update(variable.value, _swap, args=(average.value,), group=False)
-    return True
-
-
-def _swap(variable, average):
-    kept = tf.identity(variable)
-    variable.assign(average)
-    average.assign(kept)
 
 
 class FreshStartOptimizer(keras.optimizers.Optimizer):

@@ -59,38 +59,3 @@ def test_augment_config_from_flags_reads_only_defined_flags():
     values(["prog"])
     config = augment.AugmentConfig.from_flags(values)
     assert config == augment.AugmentConfig(hflip=True, rotation=12.5)
-
-
-@pytest.mark.parametrize("loss_scale", [False, True])
-def test_swap_averaged_weights_gives_numpys_moving_average(loss_scale):
-    """Three updates with ema_momentum=0.9, the raw values read after each: the swap puts
-    numpy's average in (the first update starts it), a second swap gives the raw value
-    back; a variable held back for a fresh start and never updated keeps its value."""
-    import tensorflow as tf
-    rng = np.random.default_rng(0)
-    trained = keras.Variable(rng.normal(size=(3, 2)).astype("float32"))
-    held = keras.Variable(rng.normal(size=(4,)).astype("float32"))
-    optimizer = optim.build_optimizer("adam", 0.1, loss_scale=loss_scale, ema_momentum=0.9,
-                                      fresh_start_variables=[held])
-    optimizer.build([trained, held])
-    raw = []
-    for _ in range(3):
-        optimizer.apply([tf.constant(rng.normal(size=(3, 2)).astype("float32"))], [trained])
-        raw.append(trained.numpy())
-    average = raw[0]
-    for value in raw[1:]:
-        average = 0.9 * average + 0.1 * value
-    held_before = held.numpy()
-    strategy = tf.distribute.get_strategy()
-    assert optim.swap_averaged_weights(optimizer, strategy)
-    np.testing.assert_allclose(trained.numpy(), average, rtol=1e-6)
-    assert np.abs(average - raw[-1]).max() > 1e-2
-    np.testing.assert_array_equal(held.numpy(), held_before)
-    optim.swap_averaged_weights(optimizer, strategy)
-    np.testing.assert_array_equal(trained.numpy(), raw[-1])
-    assert not optim.swap_averaged_weights(optim.build_optimizer("adam", 0.1), strategy)
-
-
-def test_ema_momentum_outside_zero_to_one_is_refused():
-    with pytest.raises(ValueError, match="--ema_momentum=1.0"):
-        optim.build_optimizer("adam", 1e-3, ema_momentum=1.0)

@@ -245,32 +245,3 @@ def test_membrane_acceptance(tmp_path):
     membrane_dice = metrics["per_class_dice"][0]
     assert membrane_dice > 0.45, metrics
     assert metrics["mean_iou"] > 0.5, metrics
-
-
-def _latest_weights(run_dir):
-    model = keras.saving.load_model(str(run_dir / "best.keras"))
-    model.load_weights(str(run_dir / "latest.weights.h5"))
-    return model.get_weights()
-
-
-def test_ema_weights_are_the_average_of_the_raw_steps(binary_records, tmp_path):
-    """--ema_momentum=0.5 on 2 replicas, stopped and resumed after every 1-step epoch: the
-    weights it validates and saves (latest.weights.h5) are the numpy average of the raw
-    weights a run without it reaches after each step (one device; SGD, so the replica
-    count changes nothing but rounding): 0.25 w1 + 0.25 w2 + 0.5 w3. A missed swap back
-    would train on from the average, a missed swap would save w3, and a backup without
-    the averages would restart them."""
-    sgd = ["--batch_size=8", "--steps_per_epoch=1", "--noaug_hflip", "--deterministic",
-           "--loss=ce", "--optimizer=sgd", "--learning_rate=0.1", "--export=false",
-           "--monitor=loss"]
-    raw = []
-    for epochs in (1, 2, 3):
-        train(binary_records, tmp_path / "raw", *sgd, f"--epochs={epochs}")
-        raw.append(_latest_weights(tmp_path / "raw"))
-    for epochs in (1, 2, 3):
-        train(binary_records, tmp_path / "ema", *sgd, f"--epochs={epochs}",
-              "--ema_momentum=0.5", "--strategy=mirrored", "--logical_cpus=2")
-    averaged = _latest_weights(tmp_path / "ema")
-    for w1, w2, w3, got in zip(*raw, averaged):
-        np.testing.assert_allclose(got, 0.25 * w1 + 0.25 * w2 + 0.5 * w3, rtol=1e-5, atol=1e-6)
-    assert max(np.abs(a - b).max() for a, b in zip(raw[2], averaged)) > 1e-3
