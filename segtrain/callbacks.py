@@ -62,6 +62,31 @@ class Deadline(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model (atomically) at each epoch `early_stopping` counts as its new best.
+
+    One notion of best for the run: the checkpoint then holds the epoch that metrics.json
+    reports as best_epoch and that a resumed run compares against. Keras's ModelCheckpoint
+    keeps a best of its own without --min_delta, so it saved epochs better by less than
+    that while the run reported an earlier one. Keras's own restore_best_weights takes the
+    early stop's epoch too. Goes after `early_stopping` in the callback list.
+    """
+
+    def __init__(self, path, early_stopping):
+        super().__init__()
+        self.path, self.early_stopping = path, early_stopping
+
+    def on_epoch_end(self, epoch, logs=None):
+        stop = self.early_stopping
+        # best_epoch moves only on an improvement, but starts at 0: a best tells epoch 0
+        if stop.best_epoch != epoch or stop.best is None:
+            return
+        # Keras saves only to a name ending in .keras
+        partial = self.path[:-len(".keras")] + ".partial.keras"
+        self.model.save(partial)
+        os.replace(partial, self.path)
+
+
 def trim_csv_log(path, epochs):
     """Keeps the rows of the first `epochs` epochs of a CSVLogger file (atomically).
 
@@ -87,12 +112,12 @@ def make_callbacks(model_dir, monitor, mode, patience, min_delta, is_chief, resu
     """EarlyStopping on every worker (they see the same logs); files on the chief only.
     `resumed_epochs`: epochs the backup holds (log.csv continues after them)."""
     mode = monitor_mode(monitor, mode)
-    callbacks = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience,
-                                               min_delta=min_delta, restore_best_weights=False)]
+    early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience,
+                                                   min_delta=min_delta, restore_best_weights=False)
+    callbacks = [early_stopping]
     if is_chief:
         callbacks += [
-            keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "best.keras"), monitor=monitor,
-                                            mode=mode, save_best_only=True),
+            BestCheckpoint(os.path.join(model_dir, "best.keras"), early_stopping),
             keras.callbacks.ModelCheckpoint(os.path.join(model_dir, "latest.weights.h5"),
                                             save_weights_only=True),
             keras.callbacks.CSVLogger(os.path.join(model_dir, "log.csv"),

@@ -407,8 +407,6 @@ class Backup:
                 if not math.isnan(best):
                     callback.best = best
                 callback.best_epoch = int(self.best_epoch.numpy())
-            if isinstance(callback, keras.callbacks.ModelCheckpoint) and not math.isnan(best):
-                callback.best = best
         return int(self.epoch.numpy())
 
     def check_collapse(self, epoch, cm, loss, class_names=None):

@@ -245,3 +245,30 @@ def test_membrane_acceptance(tmp_path):
     membrane_dice = metrics["per_class_dice"][0]
     assert membrane_dice > 0.45, metrics
     assert metrics["mean_iou"] > 0.5, metrics
+
+
+def test_best_checkpoint_is_the_early_stops_best_epoch(tmp_path):
+    """best.keras holds the epoch early stopping counts as best (an improvement by more
+    than min_delta): an epoch better by less is not saved, so the checkpoint, metrics.json's
+    best_epoch and a resume agree."""
+    from segtrain import callbacks
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    run_callbacks = keras.callbacks.CallbackList(
+        callbacks.make_callbacks(str(tmp_path), "val_mean_iou", "auto", patience=5,
+                                 min_delta=0.01, is_chief=True), model=model)
+    best = tmp_path / "best.keras"
+
+    def saved_marker():
+        return float(keras.saving.load_model(str(best)).get_weights()[1][0])
+
+    run_callbacks.on_train_begin()
+    for epoch, score in enumerate([0.5, 0.505, 0.52, 0.515]):
+        model.layers[0].bias.assign([float(epoch)])  # which epoch a checkpoint holds
+        run_callbacks.on_epoch_begin(epoch)
+        run_callbacks.on_epoch_end(epoch, {"val_mean_iou": score})
+        if epoch == 1:  # 0.505 is not 0.01 better than 0.5
+            assert saved_marker() == 0
+    assert saved_marker() == 2
+    early_stopping = run_callbacks.callbacks[0]
+    assert early_stopping.best_epoch == 2 and early_stopping.best == 0.52
+    assert sorted(p.name for p in tmp_path.iterdir() if "partial" in p.name) == []
