@@ -57,7 +57,7 @@ def evaluate(predictor, data_dir, split, original_size, tile=None, overlap=0.25,
         raise ValueError("--tile needs --original_size: windows are cut from the original pixels")
     num_classes, ignore = contract.num_classes, contract.ignore_label
     cm = np.zeros((num_classes, num_classes), np.int64)
-    regions = {"edge": cm.copy(), "interior": cm.copy()}
+    edge_cm = cm.copy()
     for example in records.iter_split(data_dir, split):
         image, mask = tf.constant(example["image"]), tf.constant(example["mask"])
         if original_size:
@@ -73,16 +73,17 @@ def evaluate(predictor, data_dir, split, original_size, tile=None, overlap=0.25,
             rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
             edge = ((rows < edge_px) | (rows >= height - edge_px)
                     | (cols < edge_px) | (cols >= width - edge_px))[..., None]
-            for name, inside in (("edge", edge), ("interior", ~edge)):
-                regions[name] += np.asarray(metrics.confusion_matrix(
-                    tf.where(inside, truth, tf.cast(ignore, truth.dtype))[None], logits[None],
-                    num_classes, ignore))
+            edge_cm += np.asarray(metrics.confusion_matrix(
+                tf.where(edge, truth, tf.cast(ignore, truth.dtype))[None], logits[None],
+                num_classes, ignore))
 
     def scores_of(counts):
         return {k: np.asarray(v).tolist()
                 for k, v in metrics.scores(counts.astype(np.float32)).items()}
     scores = scores_of(cm)
     if edge_px:
+        # the interior's counts are the rest of the frame's
+        regions = {"edge": edge_cm, "interior": cm - edge_cm}
         scores.update(edge_px=edge_px, **{name: dict(scores_of(counts),
                                                      confusion_matrix=counts.tolist())
                                           for name, counts in regions.items()})
