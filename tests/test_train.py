@@ -191,8 +191,10 @@ def test_monitor_mode_derivation():
     (["--strategy=mirrored", "--logical_cpus=2", "--batch_size=3"], "--batch_size=3"),
     (["--num_classes=5"], "--num_classes=5"),
     (["--data_dir=/nonexistent/records"], "manifest"),
-    # the recipe's every flag exists and passes its validators: the run gets as far as the data
+    # each recipe's every flag exists and passes its validators: the run gets as far as the data
     ([f"--flagfile={os.path.join(ROOT, 'recipes', 'membrane.flags')}",
+      "--data_dir=/nonexistent/records"], "manifest"),
+    ([f"--flagfile={os.path.join(ROOT, 'recipes', 'membrane_crop.flags')}",
       "--data_dir=/nonexistent/records"], "manifest"),
 ])
 def test_bad_flags_one_clear_line(binary_records, tmp_path, extra, message):
