@@ -560,7 +560,7 @@ def run():
                                            num_classes, **model_options)
             served.set_weights(model.get_weights())
             model = served
-        model.save(os.path.join(model_dir, "model.keras"))
+        callbacks.save_atomically(model, os.path.join(model_dir, "model.keras"))
         export.export_saved_model(model, os.path.join(model_dir, "export"), spec)
         _log(f"saved {model_dir}/model.keras, {serving.FILENAME} and {model_dir}/export/ "
              "(SavedModel)")

@@ -81,10 +81,15 @@ class BestCheckpoint(keras.callbacks.Callback):
         # best_epoch moves only on an improvement, but starts at 0: a best tells epoch 0
         if stop.best_epoch != epoch or stop.best is None:
             return
-        # Keras saves only to a name ending in .keras
-        partial = self.path[:-len(".keras")] + ".partial.keras"
-        self.model.save(partial)
-        os.replace(partial, self.path)
+        save_atomically(self.model, self.path)
+
+
+def save_atomically(model, path):
+    """model.save to a temp name, then rename: a crash never leaves a half-written file."""
+    # Keras saves only to a name ending in .keras
+    partial = path[:-len(".keras")] + ".partial.keras"
+    model.save(partial)
+    os.replace(partial, path)
 
 
 def trim_csv_log(path, epochs):
