@@ -194,7 +194,7 @@ def test_monitor_mode_derivation():
     # each recipe's every flag exists and passes its validators: the run gets as far as the data
     ([f"--flagfile={os.path.join(ROOT, 'recipes', 'membrane.flags')}",
       "--data_dir=/nonexistent/records"], "manifest"),
-    ([f"--flagfile={os.path.join(ROOT, 'recipes', 'membrane_crop.flags')}",
+    ([f"--flagfile={os.path.join(ROOT, 'recipes', 'membrane_448.flags')}",
       "--data_dir=/nonexistent/records"], "manifest"),
 ])
 def test_bad_flags_one_clear_line(binary_records, tmp_path, extra, message):

@@ -12,7 +12,7 @@ the classic baseline), all at --image_size (default 512x512):
   pipeline_elastic  pipeline + elastic deformation (10 px on a 3x3 grid) in the same kernel
   pipeline_device   host side of --augment_on=device (decode + resize; warps run on the GPU)
   pipeline_windows  --train_crop windows of --image_size cut at native scale (random scale
-                    0.8-1.25, flips, rotation, elastic: recipes/membrane_crop.flags)
+                    0.8-1.25, flips, rotation, elastic: recipes/membrane.flags)
   classic_baseline  two Keras ImageDataGenerator.flow_from_directory iterators zipped with
                     one seed, same augmentations (needs `pip install --no-deps tf_keras`,
                     for this benchmark only)

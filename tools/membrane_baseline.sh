@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The membrane recipe of BENCHMARKS.md §4: prepare the shared ISBI 2012 membrane data, train
+# The membrane recipe of BENCHMARKS.md §12.1: prepare the shared ISBI 2012 membrane data, train
 # recipes/membrane.flags once per seed on the CPU, print each seed's wall time and test
 # metrics (membrane = class 0) and training work (steps x batch x pixels a window), then
 # the median.
 #   bash tools/membrane_baseline.sh [WORK_DIR] [SEED ...]      (default seeds: 1 2 3)
-#   RECIPE=recipes/membrane_crop.flags bash tools/membrane_baseline.sh ...   (another recipe)
+#   RECIPE=recipes/membrane_448.flags bash tools/membrane_baseline.sh ...   (another recipe: §4's)
 #   SPLIT=80,10,10 bash tools/membrane_baseline.sh ...   (another split; the test split's 3
 #   frames stay the same while its share is 10%: the split cuts one seeded permutation)
 set -euo pipefail
