@@ -12,7 +12,7 @@ the classic baseline), all at --image_size (default 512x512):
   pipeline_elastic  pipeline + elastic deformation (10 px on a 3x3 grid) in the same kernel
   pipeline_device   host side of --augment_on=device (decode + resize; warps run on the GPU)
   pipeline_windows  --train_crop windows of --image_size cut at native scale (random scale
-                    0.8-1.25, flips, rotation, elastic: recipes/membrane.flags)
+                    0.8-1.25, flips, rotation, elastic: the first membrane window recipe, §12.1)
   classic_baseline  two Keras ImageDataGenerator.flow_from_directory iterators zipped with
                     one seed, same augmentations (needs `pip install --no-deps tf_keras`,
                     for this benchmark only)
@@ -73,7 +73,9 @@ FULL = dict(hflip=True, rotation=20, zoom=0.1, shear=5, shift=0.05, brightness=0
 LIGHT = dict(hflip=True, vflip=True, brightness=0.1, contrast=0.1)
 # the UNet paper's elastic deformation (10 px on a 3x3 grid) on top of FULL
 ELASTIC = dict(FULL, elastic_alpha=10.0, elastic_grid=3)
-# --train_crop windows of --image_size at native scale, the membrane crop recipe's augmentation
+# --train_crop windows of --image_size at native scale, the first membrane window recipe's
+# augmentation (BENCHMARKS §12.2's rows; recipes/membrane.flags has since changed its flips and
+# added jitter)
 WINDOWS = dict(hflip=True, vflip=True, rotation=20, elastic_alpha=8.0, elastic_grid=3,
                fill_mode="reflect", scale=(0.8, 1.25))
 
