@@ -14,7 +14,7 @@ shift || true
 seeds=${*:-1 2 3}
 recipe=${RECIPE:-recipes/membrane.flags}
 split=${SPLIT:-70,20,10}
-# The recipe's 10 minutes assume a CPU with bfloat16 hardware (BENCHMARKS.md §4, §10): say so
+# The recipes' times assume a CPU with bfloat16 hardware (BENCHMARKS.md §4, §10, §12.1): say so
 # now rather than in a log read hours later
 TF_CPP_MIN_LOG_LEVEL=2 python -c 'import sys; from segtrain import distribute
 w = distribute.slow_precision_warning(sys.argv[1]); w and print("warning:", w)' \
