@@ -562,8 +562,9 @@ def run():
             model = served
         callbacks.save_atomically(model, os.path.join(model_dir, "model.keras"))
         export.export_saved_model(model, os.path.join(model_dir, "export"), spec)
-        _log(f"saved {model_dir}/model.keras, {serving.FILENAME} and {model_dir}/export/ "
-             "(SavedModel)")
+        # the contract itself was written before training; the SavedModel carries a copy
+        _log(f"saved {model_dir}/model.keras and {model_dir}/export/ (SavedModel, with "
+             f"{serving.FILENAME} among its assets)")
     return 0
 
 
