@@ -160,6 +160,9 @@ def test_freeze_encoder_epochs_through_train_py(binary_records, tmp_path):
     result = train(binary_records, run, *flags)
     assert "encoder: frozen (epoch 1, --freeze_encoder_epochs=1)" in result.stdout
     assert "encoder: trained from now on (epoch 2, --freeze_encoder_epochs=1)" in result.stdout
+    # a given --base_filters wins over the encoder UNet's default width, said nowhere
+    assert "the encoder UNet's decoder width" not in result.stdout
+    assert "--base_filters=4" in (run / "flags.txt").read_text()
 
     def after(epoch):
         model = segmodels.build_model("unet", (64, 64, 1), 2, base_filters=4,
