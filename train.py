@@ -32,7 +32,8 @@ ROOT = os.environ.get("SEGFLOW_HOME") or os.path.dirname(os.path.abspath(__file_
 
 # Names scripts and job files depend on: keep them exactly.
 flags.DEFINE_string("data_dir", None, "Records folder from tools/prepare_dataset.py. Unset: the "
-                    "built-in synthetic dataset (generated once into .cache/) with CPU-sized defaults.")
+                    "built-in synthetic dataset (generated once into .cache/) with CPU-sized "
+                    "defaults.")
 flags.DEFINE_enum("plan", "auto", ["auto", "none"], "auto (with --data_dir): every flag you "
                   "do not give is set from the dataset's fingerprint, this machine and "
                   "--budget, with its reason in RUN/plan.json; flags you give win. none: "
@@ -150,8 +151,8 @@ flags.DEFINE_bool("skip_corrupt", False, "Warn about corrupt shards and skip rec
                   "read, instead of stopping.")
 flags.DEFINE_integer("logical_cpus", 0, "Split the CPU into N logical devices (tests "
                      "MirroredStrategy without GPUs).", lower_bound=0)
-flags.DEFINE_string("data_service", "", "grpc://HOST:PORT of a tf.data service dispatcher: decode + "
-                    "augmentation run on its workers (tools/data_service.py).")
+flags.DEFINE_string("data_service", "", "grpc://HOST:PORT of a tf.data service dispatcher: "
+                    "decode + augmentation run on its workers (tools/data_service.py).")
 flags.DEFINE_float("step_timeout_s", 900.0, "Exit with a clear error (code 3, backup kept) when no "
                    "step finishes for this long; 0 disables. Covers compilation of step 1.")
 flags.DEFINE_bool("export", True, "Write model.keras and the SavedModel after training.")
@@ -325,7 +326,8 @@ def _check_data(data_dir, manifest, replicas):
         raise ValueError(f"--batch_size={FLAGS.batch_size} does not divide over {replicas} "
                          f"replicas; use a multiple of {replicas}")
     if FLAGS.skip_corrupt:
-        corrupt = sum((records.find_corrupt_shards(data_dir, s) for s in ("train", "val", "test")), [])
+        corrupt = sum((records.find_corrupt_shards(data_dir, s)
+                       for s in ("train", "val", "test")), [])
         if corrupt:
             _log(f"WARNING: {len(corrupt)} corrupt shard(s), unreadable records will be skipped "
                  f"(--skip_corrupt): {corrupt}")
@@ -530,8 +532,9 @@ def run():
     try:
         summary = trainer.fit(strategy.distribute_datasets_from_function(train_fn),
                               eval_dataset("val"), FLAGS.epochs, steps, callback_list, backup,
-                              _log, FLAGS.step_timeout_s, bar if is_chief and FLAGS.progress else None,
-                              FLAGS.batch_size, manifest.get("class_names"))
+                              _log, FLAGS.step_timeout_s,
+                              bar if is_chief and FLAGS.progress else None, FLAGS.batch_size,
+                              manifest.get("class_names"))
     except tf.errors.DataLossError:
         bad = records.find_corrupt_shards(data_dir, "train") + records.find_corrupt_shards(
             data_dir, "val")
@@ -546,7 +549,8 @@ def run():
     if not is_chief:
         return 0
     results.write(model_dir, results.run_result(test, backup, FLAGS.monitor,
-                                                manifest.get("class_names"), summary["start_epoch"]))
+                                                manifest.get("class_names"),
+                                                summary["start_epoch"]))
     _log(f"test: dice={test['dice']:.4f} per_class_dice="
          f"{[round(v, 4) for v in test['per_class_dice']]} mean_iou={test['mean_iou']:.4f} "
          f"pixel_accuracy={test['pixel_accuracy']:.4f}")

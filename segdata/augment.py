@@ -55,7 +55,8 @@ class AugmentConfig:
     xla: bool = True          # kernels.xla on the host (else kernels.reference)
     # the "scale" policy's windows (train.py --train_crop):
     scale: tuple = (1.0, 1.0)  # random factor on the run's data_scale, log-uniform in [min, max]
-    crop_foreground: float = 0.0  # P(window centred on a pixel of a random present foreground class)
+    # P(window centred on a pixel of a random present foreground class)
+    crop_foreground: float = 0.0
 
     # fields whose flag is not `aug_<field>`
     _FLAG_NAMES = {"crop_foreground": "crop_foreground"}
@@ -262,7 +263,8 @@ def _flips(uniform, config):
 
 
 def augmentation_matrix(seed, config, out_size):
-    """Output pixel -> pre-augmentation output pixel; random flips/rotation/shear/zoom/shift/crop."""
+    """Output pixel -> pre-augmentation output pixel: random flips, rotation, shear, zoom,
+    shift and crop."""
     return _augmentation_matrix(_uniforms(seed), config, out_size)
 
 
@@ -336,8 +338,8 @@ def random_numbers(seed, config, out_size, channels, policy="stretch", training=
 def draw(seed, config, in_size, out_size, channels, policy="stretch", training=True,
          data_scale=1.0, mask=None, ignore_label=255):
     """The Draw of one example: its seed (int64 [2]), its frame's size, the output size
-    and channels (and for the scale policy the run's data_scale and the mask). Photometric and elastic
-    draws only when training."""
+    and channels (and for the scale policy the run's data_scale and the mask). Photometric and
+    elastic draws only when training."""
     return draw_from(random_numbers(seed, config, out_size, channels, policy, training, mask,
                                     ignore_label),
                      config, in_size, out_size, channels, policy, training, data_scale)

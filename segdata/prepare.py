@@ -320,7 +320,8 @@ def _write_shards(temp, ordered, position, pairs_by_split, shard_counts, options
             os.replace(os.path.join(temp, shard["partial"]), os.path.join(temp, final))
             shards.append({"file": final, "count": shard["count"],
                            "sha256": records.sha256_of(os.path.join(temp, final))})
-        summary[split] = {"count": entry["count"], "shards": shards, "value_counts": entry["counts"],
+        summary[split] = {"count": entry["count"], "shards": shards,
+                          "value_counts": entry["counts"],
                           "min_size": entry["min"], "max_size": entry["max"],
                           "channels": entry["channels"]}
     return summary
@@ -338,7 +339,8 @@ def _manifest(config, layout, summary, skipped):
         counts = entry.pop("value_counts")
         counts = counts if counts is not None else np.zeros(256, np.int64)
         entry["class_pixels"] = counts[:num_classes].tolist()
-        entry["ignore_pixels"] = int(counts[config.ignore_label]) if config.ignore_label < 256 else 0
+        entry["ignore_pixels"] = (int(counts[config.ignore_label])
+                                  if config.ignore_label < 256 else 0)
         splits[split] = entry
     return {
         "schema_version": records.SCHEMA_VERSION,

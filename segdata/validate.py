@@ -296,7 +296,8 @@ def check_pair(pair, options):
         return {"error": f"{frame_path}: {frame.size[0]}x{frame.size[1]} is too small "
                          f"(each side needs at least {MIN_SIDE} px)", "id": example_id}
     try:
-        mask, counts, changed = mask_to_indices(mask_image, options["mask_kind"], options["palette"])
+        mask, counts, changed = mask_to_indices(mask_image, options["mask_kind"],
+                                                options["palette"])
     except ValueError as err:
         return {"error": f"{mask_path}: {err}", "id": example_id}
     num_classes, ignore = options["num_classes"], options["ignore_label"]

@@ -106,7 +106,8 @@ class AdditiveLoss:
 
     def bound(self, ignore_label=255, class_weights=None):
         """This loss with a run's ignore label and class weights fixed: f(y_true, logits)."""
-        return AdditiveLoss(lambda y, logits, *_: self._sums(y, logits, ignore_label, class_weights),
+        return AdditiveLoss(lambda y, logits, *_: self._sums(y, logits, ignore_label,
+                                                             class_weights),
                             lambda sums, *_: self._from_sums(sums, class_weights))
 
 

@@ -28,7 +28,8 @@ def cluster_resolver():
         port = int(os.environ.get("SEGFLOW_SLURM_PORT", "8888"))
         # Given explicitly so the resolver never shells out to nvidia-smi (absent on CPU nodes).
         step_gpus = os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS") or ""
-        gpus = int(os.environ.get("SLURM_GPUS_ON_NODE") or len([g for g in step_gpus.split(",") if g]))
+        gpus = int(os.environ.get("SLURM_GPUS_ON_NODE")
+                   or len([g for g in step_gpus.split(",") if g]))
         return tf.distribute.cluster_resolver.SlurmClusterResolver(
             port_base=port, gpus_per_node=gpus, gpus_per_task=gpus)
     return None

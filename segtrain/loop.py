@@ -340,9 +340,9 @@ class Backup:
         self.checkpoint = tf.train.Checkpoint(**self.children)
         self._loaded = False
         self.read_manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
-        self.write_manager = (self.read_manager if not write_directory or write_directory == directory
-                              else tf.train.CheckpointManager(self.checkpoint, write_directory,
-                                                              max_to_keep=1))
+        same = not write_directory or write_directory == directory
+        self.write_manager = (self.read_manager if same else tf.train.CheckpointManager(
+            self.checkpoint, write_directory, max_to_keep=1))
 
     @property
     def finished(self):

@@ -301,8 +301,9 @@ def make_plan(manifest, machine, given=None):
     if not grey:
         plan.set("aug_brightness", 0.1, "lighting varies between photographs")
         plan.set("aug_contrast", 0.1, "exposure varies between photographs")
-    cache_bytes = sum(h * w * n for h, w, n in fingerprint["sizes"]) * (fingerprint["channels"] + 1) \
-        * train_frames / frames * (2 if fingerprint["bits"] > 8 else 1)
+    cache_bytes = (sum(h * w * n for h, w, n in fingerprint["sizes"])
+                   * (fingerprint["channels"] + 1) * train_frames / frames
+                   * (2 if fingerprint["bits"] > 8 else 1))
     fits = cache_bytes < 0.25 * machine.host_memory_gib * 2 ** 30
     plan.set("cache", bool(fits), f"the decoded training split ({cache_bytes / 2 ** 20:.0f} MiB) "
              + ("fits in a quarter of this machine's memory" if fits else

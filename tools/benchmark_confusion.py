@@ -4,9 +4,9 @@
 
 Rows: `segment_sum` (segmodels.metrics.confusion_matrix: one bin per pixel, O(pixels))
 and `one_hot_matmul` (the implementation it replaced: Keras's argmax, then two one-hot
-float32 tensors of (pixels, K), multiplied). Each row runs in its own child process (peak RSS: Linux VmHWM);
-a third child only draws the batch, and its time and peak are subtracted. Rows take
-turns for --rounds rounds; medians are reported.
+float32 tensors of (pixels, K), multiplied). Each row runs in its own child process (peak
+RSS: Linux VmHWM); a third child only draws the batch, and its time and peak are subtracted.
+Rows take turns for --rounds rounds; medians are reported.
 """
 import json
 import os

@@ -137,8 +137,8 @@ def main(argv):
         predictor.contract.check(resize=FLAGS.resize, image_size=cli.parse_image_size(
             FLAGS.image_size) if FLAGS.image_size else None)
         scores = evaluate(predictor, FLAGS.data_dir, FLAGS.split, FLAGS.original_size,
-                          cli.parse_tile(FLAGS.tile), FLAGS.tile_overlap, FLAGS.tta, FLAGS.batch_size,
-                          FLAGS.edge_px)
+                          cli.parse_tile(FLAGS.tile), FLAGS.tile_overlap, FLAGS.tta,
+                          FLAGS.batch_size, FLAGS.edge_px)
     except ValueError as err:
         sys.stderr.write(f"evaluate: error: {err}\n")
         return 1

@@ -2,7 +2,7 @@
 
     python tools/export.py --model=RUN_DIR/model.keras --format=saved_model   # -> RUN_DIR/export
     python tools/export.py --model=RUN_DIR/model.keras --format=tflite --quantize=int8 \
-        [--data_dir=RECORDS] [--calibration_examples=300]                   # -> RUN_DIR/model.int8.tflite
+        [--data_dir=RECORDS] [--calibration_examples=300]      # -> RUN_DIR/model.int8.tflite
 
 The SavedModel maps raw images of any size as training did (its input contract is inside).
 A TFLite model takes uint8 images at the training size and returns float32 logits; map

@@ -12,7 +12,8 @@ if not __package__:  # run as a file (python tools/x.py), not as tools.x
 from segdata import prepare, sources, validate
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input", None, "Dataset folder (frames/+masks/, pre-split folders or PASCAL VOC).")
+flags.DEFINE_string("input", None,
+                    "Dataset folder (frames/+masks/, pre-split folders or PASCAL VOC).")
 flags.DEFINE_string("output", None, "Records folder to create (shards + manifest.json).")
 flags.DEFINE_enum("layout", "auto", sources.LAYOUTS, "Input layout; auto detects it.")
 flags.DEFINE_string("split", "70,20,10", "train,val,test percentages (sum 100) for frames/masks.")

@@ -59,7 +59,8 @@ def render(data_dir, split, num, size, config, policy, seed, train_crop=0, data_
     for batch in dataset.take(num):
         image, mask = batch["image"][0].numpy(), batch["mask"][0].numpy()[..., 0]
         rows.append([image, visualize.colourise(mask, palette, manifest["ignore_label"]),
-                     visualize.overlay(image, mask, palette, ignore_label=manifest["ignore_label"])])
+                     visualize.overlay(image, mask, palette,
+                                       ignore_label=manifest["ignore_label"])])
     if not rows:
         raise ValueError(f"{data_dir}: split {split!r} is empty")
     return np.asarray(visualize.grid(rows))

@@ -30,7 +30,8 @@ flags.DEFINE_multi_string("setup", [], "Environment set-up lines run before trai
                           "(e.g. 'module load cuda', 'source venv/bin/activate').")
 flags.DEFINE_string("python", "python", "Python executable on the nodes.")
 flags.DEFINE_string("image", "segflow:latest", "Container image (Kubernetes).")
-flags.DEFINE_string("script", "", "Where to write the job file (default <job_name>.sbatch / .yaml).")
+flags.DEFINE_string("script", "",
+                    "Where to write the job file (default <job_name>.sbatch / .yaml).")
 flags.DEFINE_bool("dry_run", False, "Print the job file and submit nothing.")
 
 
@@ -38,9 +39,10 @@ def main(argv):
     train_args = argv[1:]
     train_py = os.path.join(_bootstrap.ROOT, "train.py")
     if FLAGS.scheduler == "slurm":
-        text = submit.slurm_script(train_args, FLAGS.nodes, FLAGS.gpus_per_node, FLAGS.cpus_per_task,
-                                   FLAGS.time, FLAGS.partition, FLAGS.account, FLAGS.job_name,
-                                   FLAGS.output_dir, FLAGS.setup, FLAGS.python, train_py)
+        text = submit.slurm_script(train_args, FLAGS.nodes, FLAGS.gpus_per_node,
+                                   FLAGS.cpus_per_task, FLAGS.time, FLAGS.partition,
+                                   FLAGS.account, FLAGS.job_name, FLAGS.output_dir, FLAGS.setup,
+                                   FLAGS.python, train_py)
         path = FLAGS.script or f"{FLAGS.job_name}.sbatch"
     else:
         text = submit.kubernetes_manifests(train_args, FLAGS.nodes, FLAGS.gpus_per_node,
