@@ -29,7 +29,7 @@ for seed in $seeds; do
   echo "seed $seed: wall $(( $(date +%s) - start )) s ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
 done
 python - "$work" $seeds <<'PY'
-import json, statistics, sys
+import csv, json, statistics, sys
 work, seeds = sys.argv[1], sys.argv[2:]
 rows = [json.load(open(f"{work}/run_{s}/metrics.json")) for s in seeds]
 
@@ -44,11 +44,20 @@ def work_of(seed):
     return steps, steps * int(flags["batch_size"]) * side[0] * side[-1]
 
 
+def loss_jumps(seed):
+    """Epochs whose mean training loss rose over 30% above the epoch before's: the step
+    diverged and the run spent epochs recovering (BENCHMARKS.md §12.1)."""
+    loss = [float(row["loss"]) for row in csv.DictReader(open(f"{work}/run_{seed}/log.csv"))]
+    return [f"{epoch + 1} ({loss[epoch - 1]:.2f} -> {loss[epoch]:.2f})"
+            for epoch in range(1, len(loss)) if loss[epoch] > 1.3 * loss[epoch - 1]]
+
+
 for seed, m in zip(seeds, rows):
     steps, pixels = work_of(seed)
     print(f"seed {seed}: membrane Dice {m['per_class_dice'][0]:.4f}, cell Dice "
           f"{m['per_class_dice'][1]:.4f}, mIoU {m['mean_iou']:.4f}, best epoch {m['best_epoch']}, "
-          f"{steps} steps, {pixels:.3g} training pixels")
+          f"{steps} steps, {pixels:.3g} training pixels; training loss jumps at epochs: "
+          f"{', '.join(loss_jumps(seed)) or 'none'}")
 print(f"median: membrane Dice {statistics.median(m['per_class_dice'][0] for m in rows):.4f}, "
       f"mIoU {statistics.median(m['mean_iou'] for m in rows):.4f}")
 PY
