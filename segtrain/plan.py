@@ -277,7 +277,8 @@ def make_plan(manifest, machine, given=None):
 
     # -- optimizer --------------------------------------------------------------------
     plan.set("optimizer", "adam", "Adam: the setting every benchmark here used")
-    plan.set("learning_rate", 2e-3, "peak of the cosine schedule; the membrane recipes' value")
+    plan.set("learning_rate", 2e-3, "peak of the cosine schedule; recipes/membrane_448.flags' "
+             "value, measured for the plan (BENCHMARKS §13.1)")
     plan.set("lr_schedule", "cosine", "decays to zero at the end of the budget")
     if kind == "cpu":
         plan.set("mixed_precision", "mixed_bfloat16" if machine.native_bfloat16 else "float32",
