@@ -45,8 +45,8 @@ def work_of(seed):
 
 
 def loss_jumps(seed):
-    """Epochs whose mean training loss rose over 30% above the epoch before's: the step
-    diverged and the run spent epochs recovering (BENCHMARKS.md §12.1)."""
+    """Epochs whose mean training loss rose over 30% above the epoch before's: a sign of a
+    step that diverged, which the run then spends epochs recovering from (BENCHMARKS.md §12.1)."""
     loss = [float(row["loss"]) for row in csv.DictReader(open(f"{work}/run_{seed}/log.csv"))]
     return [f"{epoch + 1} ({loss[epoch - 1]:.2f} -> {loss[epoch]:.2f})"
             for epoch in range(1, len(loss)) if loss[epoch] > 1.3 * loss[epoch - 1]]
