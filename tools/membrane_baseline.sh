@@ -2,11 +2,13 @@
 # The membrane recipe of BENCHMARKS.md §12.1: prepare the shared ISBI 2012 membrane data, train
 # recipes/membrane.flags once per seed on the CPU, print each seed's wall time and test
 # metrics (membrane = class 0) and training work (steps x batch x pixels a window), then
-# the median.
+# the median; then the same test frames scored as served with test-time horizontal flips
+# (tools/evaluate.py --tta=hflip on the best checkpoint: the flips the recipe trains with).
 #   bash tools/membrane_baseline.sh [WORK_DIR] [SEED ...]      (default seeds: 1 2 3)
 #   RECIPE=recipes/membrane_448.flags bash tools/membrane_baseline.sh ...   (another recipe: §4's)
 #   SPLIT=80,10,10 bash tools/membrane_baseline.sh ...   (another split; the test split's 3
 #   frames stay the same while its share is 10%: the split cuts one seeded permutation)
+#   TTA=none bash tools/membrane_baseline.sh ...   (no flip-averaged scoring; hvflip: both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/segflow_membrane}
@@ -14,6 +16,7 @@ shift || true
 seeds=${*:-1 2 3}
 recipe=${RECIPE:-recipes/membrane.flags}
 split=${SPLIT:-70,20,10}
+tta=${TTA:-hflip}
 # The recipes' times assume a CPU with bfloat16 hardware (BENCHMARKS.md §4, §10, §12.1): say so
 # now rather than in a log read hours later
 TF_CPP_MIN_LOG_LEVEL=2 python -c 'import sys; from segtrain import distribute
@@ -27,10 +30,15 @@ for seed in $seeds; do
   python train.py --flagfile="$recipe" --data_dir="$work/records" \
     --model_dir="$work/run_$seed" --seed="$seed" --noprogress > "$work/run_$seed.log" 2>&1
   echo "seed $seed: wall $(( $(date +%s) - start )) s ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+  if [ "$tta" != none ]; then
+    python tools/evaluate.py --model="$work/run_$seed/best.keras" --data_dir="$work/records" \
+      --split=test --tta="$tta" --output="$work/run_$seed/eval_test_$tta.json" \
+      >> "$work/run_$seed.log" 2>&1
+  fi
 done
-python - "$work" $seeds <<'PY'
-import csv, json, statistics, sys
-work, seeds = sys.argv[1], sys.argv[2:]
+python - "$work" "$tta" $seeds <<'PY'
+import csv, json, os, statistics, sys
+work, tta, seeds = sys.argv[1], sys.argv[2], sys.argv[3:]
 rows = [json.load(open(f"{work}/run_{s}/metrics.json")) for s in seeds]
 
 
@@ -60,4 +68,13 @@ for seed, m in zip(seeds, rows):
           f"{', '.join(loss_jumps(seed)) or 'none'}")
 print(f"median: membrane Dice {statistics.median(m['per_class_dice'][0] for m in rows):.4f}, "
       f"mIoU {statistics.median(m['mean_iou'] for m in rows):.4f}")
+served = [f"{work}/run_{seed}/eval_test_{tta}.json" for seed in seeds]
+if tta != "none" and all(os.path.isfile(path) for path in served):
+    served = [json.load(open(path)) for path in served]
+    for seed, m in zip(seeds, served):
+        print(f"seed {seed}, served with --tta={tta}: membrane Dice {m['per_class_dice'][0]:.4f}, "
+              f"cell Dice {m['per_class_dice'][1]:.4f}, mIoU {m['mean_iou']:.4f}")
+    print(f"median served with --tta={tta}: membrane Dice "
+          f"{statistics.median(m['per_class_dice'][0] for m in served):.4f}, "
+          f"mIoU {statistics.median(m['mean_iou'] for m in served):.4f}")
 PY
