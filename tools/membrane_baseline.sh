@@ -60,21 +60,26 @@ def loss_jumps(seed):
             for epoch in range(1, len(loss)) if loss[epoch] > 1.3 * loss[epoch - 1]]
 
 
+def scores(m):
+    return (f"membrane Dice {m['per_class_dice'][0]:.4f}, cell Dice {m['per_class_dice'][1]:.4f}, "
+            f"mIoU {m['mean_iou']:.4f}")
+
+
+def medians(results):
+    return (f"membrane Dice {statistics.median(m['per_class_dice'][0] for m in results):.4f}, "
+            f"mIoU {statistics.median(m['mean_iou'] for m in results):.4f}")
+
+
 for seed, m in zip(seeds, rows):
     steps, pixels = work_of(seed)
-    print(f"seed {seed}: membrane Dice {m['per_class_dice'][0]:.4f}, cell Dice "
-          f"{m['per_class_dice'][1]:.4f}, mIoU {m['mean_iou']:.4f}, best epoch {m['best_epoch']}, "
-          f"{steps} steps, {pixels:.3g} training pixels; training loss jumps at epochs: "
+    print(f"seed {seed}: {scores(m)}, best epoch {m['best_epoch']}, {steps} steps, "
+          f"{pixels:.3g} training pixels; training loss jumps at epochs: "
           f"{', '.join(loss_jumps(seed)) or 'none'}")
-print(f"median: membrane Dice {statistics.median(m['per_class_dice'][0] for m in rows):.4f}, "
-      f"mIoU {statistics.median(m['mean_iou'] for m in rows):.4f}")
-served = [f"{work}/run_{seed}/eval_test_{tta}.json" for seed in seeds]
-if tta != "none" and all(os.path.isfile(path) for path in served):
-    served = [json.load(open(path)) for path in served]
+print(f"median: {medians(rows)}")
+served_paths = [f"{work}/run_{seed}/eval_test_{tta}.json" for seed in seeds]
+if tta != "none" and all(os.path.isfile(path) for path in served_paths):
+    served = [json.load(open(path)) for path in served_paths]
     for seed, m in zip(seeds, served):
-        print(f"seed {seed}, served with --tta={tta}: membrane Dice {m['per_class_dice'][0]:.4f}, "
-              f"cell Dice {m['per_class_dice'][1]:.4f}, mIoU {m['mean_iou']:.4f}")
-    print(f"median served with --tta={tta}: membrane Dice "
-          f"{statistics.median(m['per_class_dice'][0] for m in served):.4f}, "
-          f"mIoU {statistics.median(m['mean_iou'] for m in served):.4f}")
+        print(f"seed {seed}, served with --tta={tta}: {scores(m)}")
+    print(f"median served with --tta={tta}: {medians(served)}")
 PY
